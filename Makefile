@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (the embedded default, end to end) and `make test`.
+# Both create .venv and install what they need; torch==2.13.0 (CPU build) is installed
+# explicitly first when torch is missing, so pip never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test test-all lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q -m "not slow" src tests
+
+test-all: $(STAMP) lint
+	$(VENV)/bin/pytest -q src tests
+
+demo: $(STAMP)
+	$(VENV)/bin/gradharmony demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/harmonizer_overhead.py
+
+clean:
+	rm -rf $(VENV) runs data build *.egg-info src/*.egg-info

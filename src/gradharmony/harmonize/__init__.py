@@ -1,0 +1,1 @@
+"""gradharmony.harmonize."""
