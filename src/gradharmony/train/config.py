@@ -1,0 +1,255 @@
+"""The pre-training configuration: a structured OmegaConf schema, loading, overrides, checks.
+
+Every key has a typed default here, so a YAML preset or a ``key=value`` override with an
+unknown key or a badly typed value fails at load time with a message naming the key, and
+:func:`validate` checks the values (method names, group size dividing the per-rank batch,
+data paths) before any work is done.
+
+Example:
+    >>> cfg = load_config(overrides=["method=gr", "batch_size=8", "data.kind=random"])
+    >>> cfg.method, cfg.batch_size, cfg.optim.lr
+    ('gr', 8, 0.0001)
+    >>> load_config(overrides=["methd=gr"])
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown config key 'methd' ...
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
+PRECISIONS = ("fp32", "bf16")
+DATA_KINDS = ("shards", "random")
+
+
+@dataclass
+class SourceConfig:
+    """One shard set of the data mixture, sampled i.i.d. with ``weight``."""
+
+    shards: str = "???"
+    weight: float = 1.0
+    has_text: bool = True
+
+
+@dataclass
+class DataConfig:
+    """Where the triplets come from and how clips are sampled.
+
+    ``kind=random`` draws batches of random tensors shaped like the real batch dict (no I/O):
+    for throughput measurements and smoke tests only.
+    """
+
+    kind: str = "shards"
+    mixture: list[SourceConfig] = field(default_factory=list)
+    vocab: str | None = None
+    num_workers: int = 0
+    frames: int = 16
+    fps: float = 8.0
+    size: int = 64
+    audio_rate: int = 16000
+    clip_seconds: float = 2.0
+    text_len: int = 16
+    candidates: int = 4
+    vocab_size: int = 1000
+
+
+@dataclass
+class ModelConfig:
+    """Which VATT to build: a preset name of ``gradharmony.models.create_model``."""
+
+    preset: str = "tiny"
+    modality_agnostic: bool = True
+    temperature: float = 0.07
+
+
+@dataclass
+class OptimConfig:
+    """Adam with linear warm-up then cosine annealing from ``lr`` down to ``min_lr``."""
+
+    lr: float = 1e-4
+    min_lr: float = 5e-5
+    warmup_steps: int = 10_000
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainConfig:
+    """The whole pre-training run. ``batch_size`` is global (summed over ranks)."""
+
+    name: str = "run"
+    run_dir: str = "runs"
+    method: str = "both"
+    granularity: str = "batch"
+    gamma0: float = -0.3
+    gamma_end: float = 0.0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 64
+    steps: int = 300
+    seed: int = 0
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = 10
+    ckpt_every: int = 100
+    conflicts_every: int = 1
+    max_nonfinite: int = 5
+    resume: bool = False
+
+
+def _schema() -> DictConfig:
+    return OmegaConf.structured(TrainConfig)
+
+
+def _explain(err: OmegaConfBaseException) -> ValueError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        return ValueError(f"unknown config key {key!r} ({err.msg.splitlines()[0]})")
+    return ValueError(f"bad value for config key {key!r}: {err.msg.splitlines()[0]}")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
+                check: bool = True) -> DictConfig:
+    """Merge the defaults, a YAML preset and ``key=value`` overrides, then :func:`validate`.
+
+    Raises ``ValueError`` naming the key on an unknown key, a badly typed value or a bad value.
+
+    Example:
+        >>> load_config(overrides=["steps=ten"])
+        Traceback (most recent call last):
+        ...
+        ValueError: bad value for config key 'steps': ...
+    """
+    cfg = _schema()
+    layers = []
+    if path is not None:
+        if not Path(path).is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        layers.append(OmegaConf.load(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+    if overrides:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    if check:
+        validate(cfg)
+    return cfg
+
+
+def parse_granularity(value: str) -> str | int:
+    """``"batch"`` / ``"sample"`` stay strings; a positive integer group size becomes an int.
+
+    Example:
+        >>> parse_granularity("sample"), parse_granularity("8")
+        ('sample', 8)
+    """
+    if value in ("batch", "sample"):
+        return value
+    try:
+        m = int(value)
+    except ValueError:
+        raise ValueError(f"granularity must be batch, sample or a positive integer, "
+                         f"got {value!r}") from None
+    if m < 1:
+        raise ValueError(f"granularity must be a positive integer group size, got {m}")
+    return m
+
+
+def _expand(pattern: str) -> list[str]:
+    """Shard files of a pattern: a directory (its ``*.tar``), a glob, or ``{a..b}`` braces."""
+    if os.path.isdir(pattern):
+        return sorted(glob.glob(os.path.join(pattern, "*.tar")))
+    try:
+        import braceexpand
+
+        patterns = list(braceexpand.braceexpand(pattern))
+    except ImportError:  # pragma: no cover - webdataset ships braceexpand
+        patterns = [pattern]
+    return sorted(f for p in patterns for f in glob.glob(p))
+
+
+def validate(cfg: DictConfig, world_size: int = 1) -> None:
+    """Check values that types alone cannot; raise ``ValueError`` naming the key.
+
+    Example:
+        >>> cfg = load_config(overrides=["data.kind=random"], check=False)
+        >>> cfg.granularity = "7"
+        >>> validate(cfg)
+        Traceback (most recent call last):
+        ...
+        ValueError: granularity: group size 7 does not divide the per-rank batch of 64
+    """
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ValueError(f"{key}: {msg}")
+
+    need(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; expected one of "
+         f"{', '.join(METHODS)}")
+    need(cfg.precision in PRECISIONS, "precision", f"expected one of {PRECISIONS}, "
+         f"got {cfg.precision!r}")
+    need(cfg.batch_size > 0, "batch_size", f"must be positive, got {cfg.batch_size}")
+    need(cfg.batch_size % world_size == 0, "batch_size",
+         f"global batch {cfg.batch_size} is not divisible by the {world_size} ranks")
+    per_rank = cfg.batch_size // world_size
+    try:
+        gran = parse_granularity(str(cfg.granularity))
+    except ValueError as err:
+        raise ValueError(f"granularity: {err}") from None
+    if isinstance(gran, int):
+        need(per_rank % gran == 0, "granularity",
+             f"group size {gran} does not divide the per-rank batch of {per_rank}")
+    need(cfg.steps > 0, "steps", f"must be positive, got {cfg.steps}")
+    need(cfg.gamma0 <= 1 and cfg.gamma_end <= 1 and cfg.gamma0 >= -1 and cfg.gamma_end >= -1,
+         "gamma0/gamma_end", "cosine thresholds must lie in [-1, 1]")
+    need(cfg.log_every > 0, "log_every", "must be positive")
+    need(cfg.ckpt_every > 0, "ckpt_every", "must be positive")
+    need(cfg.conflicts_every >= 0, "conflicts_every", "must be >= 0 (0 disables)")
+    need(cfg.max_nonfinite > 0, "max_nonfinite", "must be positive")
+    need(cfg.device in ("auto", "cpu", "cuda"), "device", f"expected auto, cpu or cuda, "
+         f"got {cfg.device!r}")
+    o = cfg.optim
+    need(o.lr > 0, "optim.lr", "must be positive")
+    need(0 <= o.min_lr <= o.lr, "optim.min_lr", f"must lie in [0, optim.lr={o.lr}]")
+    need(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    d = cfg.data
+    need(d.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}, got {d.kind!r}")
+    need(d.candidates >= 1, "data.candidates", "must be >= 1")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    if d.kind == "shards":
+        need(len(d.mixture) > 0, "data.mixture", "no shard set given (data.mixture is empty)")
+        for i, src in enumerate(d.mixture):
+            key = f"data.mixture[{i}]"
+            need(not OmegaConf.is_missing(src, "shards"), f"{key}.shards", "missing")
+            need(src.weight > 0, f"{key}.weight", f"must be positive, got {src.weight}")
+            need(len(_expand(src.shards)) > 0, f"{key}.shards",
+                 f"no shard files match {src.shards!r}")
+        if d.vocab is not None:
+            need(Path(d.vocab).is_file(), "data.vocab", f"file {d.vocab!r} does not exist")
+
+
+def run_path(cfg: DictConfig) -> Path:
+    """The run directory ``run_dir/name``.
+
+    Example:
+        >>> str(run_path(load_config(overrides=["data.kind=random", "name=x"])))
+        'runs/x'
+    """
+    return Path(cfg.run_dir) / cfg.name

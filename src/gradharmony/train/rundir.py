@@ -1,0 +1,113 @@
+"""The run directory (DESIGN.md §7): metrics, TensorBoard, per-step conflict cosines.
+
+Layout of ``runs/NAME/``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged
+step), ``conflicts/`` (``cos_<first>-<last>.npz`` with one ``step_<t>`` array of per-group
+cosines per recorded step, flushed at each checkpoint), ``tb/``, ``checkpoints/``,
+``vocab.json``.
+
+Example:
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> log = RunLog(d, tensorboard=False)
+    >>> log.metrics(0, {"loss": 1.5}); log.conflicts(0, np.array([0.1, -0.2])); log.flush()
+    >>> read_metrics(d)[0]["loss"], load_conflicts(d)[0].tolist()
+    (1.5, [0.10000000149011612, -0.20000000298023224])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+class RunLog:
+    """Writes ``metrics.jsonl``, TensorBoard scalars and the conflict cosines of a run."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+        self.dir = Path(run_dir)
+        (self.dir / "conflicts").mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._cos: dict[str, np.ndarray] = {}
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"))
+
+    def metrics(self, step: int, values: dict) -> None:
+        """Append one JSON line ``{"step": step, **values}`` and the scalars to TensorBoard."""
+        row = {"step": int(step), **{k: _clean(v) for k, v in values.items()}}
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def conflicts(self, step: int, cos: np.ndarray) -> None:
+        """Buffer the per-group cosines of one step (written at the next :meth:`flush`)."""
+        self._cos[f"step_{int(step)}"] = np.asarray(cos, dtype=np.float32)
+
+    def flush(self) -> None:
+        """Write the buffered cosines as one ``.npz`` and flush TensorBoard."""
+        if self._cos:
+            steps = [int(k[5:]) for k in self._cos]
+            name = f"cos_{min(steps):08d}-{max(steps):08d}.npz"
+            tmp = self.dir / "conflicts" / f".{name}.tmp.npz"
+            np.savez(tmp, **self._cos)
+            os.replace(tmp, self.dir / "conflicts" / name)
+            self._cos = {}
+        if self._tb is not None:
+            self._tb.flush()
+
+    def drop_buffer(self) -> None:
+        """Forget buffered cosines (a step that will be recomputed after a resume)."""
+        self._cos = {}
+
+    def close(self) -> None:
+        self.flush()
+        self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """All rows of ``metrics.jsonl``."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
+    """Drop metric rows and conflict files of steps >= ``after_step`` (they will be redone)."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] < after_step]
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+    for f in (Path(run_dir) / "conflicts").glob("cos_*.npz"):
+        first = int(f.stem.split("_")[1].split("-")[0])
+        if first >= after_step:
+            f.unlink()
+
+
+def load_conflicts(run_dir: str | os.PathLike) -> dict[int, np.ndarray]:
+    """Every recorded step's per-group cosines, as ``{step: array}`` sorted by step."""
+    out: dict[int, np.ndarray] = {}
+    for f in sorted((Path(run_dir) / "conflicts").glob("cos_*.npz")):
+        with np.load(f) as z:
+            for k in z.files:
+                out[int(k[5:])] = z[k]
+    return dict(sorted(out.items()))
