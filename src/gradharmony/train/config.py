@@ -21,6 +21,7 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -63,11 +64,17 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which VATT to build: a preset name of ``gradharmony.models.create_model``."""
+    """Which VATT to build: a preset name of ``gradharmony.models.create_model``.
+
+    ``kwargs`` go to the model factory unchanged; ``sync_bn`` turns the heads' BatchNorm into
+    SyncBatchNorm under DDP.
+    """
 
     preset: str = "tiny"
     modality_agnostic: bool = True
     temperature: float = 0.07
+    sync_bn: bool = True
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
