@@ -149,6 +149,7 @@ def encode_mp4(
             astream.layout = "mono"
             astream.format = "fltp"
             astream.bit_rate = int(audio_bitrate)
+            astream.options = {"aac_coder": "fast"}  # 2x faster than twoloop, same quality here
             astream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i in range(t):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
