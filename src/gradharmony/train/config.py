@@ -12,7 +12,7 @@ Example:
     >>> load_config(overrides=["methd=gr"])
     Traceback (most recent call last):
     ...
-    ValueError: unknown config key 'methd' ...
+    gradharmony.train.config.ConfigError: unknown config key 'methd' ...
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
 PRECISIONS = ("fp32", "bf16")
 DATA_KINDS = ("shards", "random")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work; the message names the key."""
 
 
 @dataclass
@@ -124,8 +128,8 @@ def _schema() -> DictConfig:
 def _explain(err: OmegaConfBaseException) -> ValueError:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     if isinstance(err, ConfigKeyError):
-        return ValueError(f"unknown config key {key!r} ({err.msg.splitlines()[0]})")
-    return ValueError(f"bad value for config key {key!r}: {err.msg.splitlines()[0]}")
+        return ConfigError(f"unknown config key {key!r} ({err.msg.splitlines()[0]})")
+    return ConfigError(f"bad value for config key {key!r}: {err.msg.splitlines()[0]}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple = (),
@@ -138,17 +142,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         >>> load_config(overrides=["steps=ten"])
         Traceback (most recent call last):
         ...
-        ValueError: bad value for config key 'steps': ...
+        gradharmony.train.config.ConfigError: bad value for config key 'steps': ...
     """
     cfg = _schema()
     layers = []
     if path is not None:
         if not Path(path).is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
+            raise ConfigError(f"config file {str(path)!r} does not exist")
         layers.append(OmegaConf.load(path))
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value")
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
@@ -202,11 +206,11 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
         >>> validate(cfg)
         Traceback (most recent call last):
         ...
-        ValueError: granularity: group size 7 does not divide the per-rank batch of 64
+        gradharmony.train.config.ConfigError: granularity: group size 7 does not divide ... 64
     """
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
-            raise ValueError(f"{key}: {msg}")
+            raise ConfigError(f"{key}: {msg}")
 
     need(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; expected one of "
          f"{', '.join(METHODS)}")
@@ -219,7 +223,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     try:
         gran = parse_granularity(str(cfg.granularity))
     except ValueError as err:
-        raise ValueError(f"granularity: {err}") from None
+        raise ConfigError(f"granularity: {err}") from None
     if isinstance(gran, int):
         need(per_rank % gran == 0, "granularity",
              f"group size {gran} does not divide the per-rank batch of {per_rank}")

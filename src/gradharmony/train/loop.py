@@ -42,7 +42,7 @@ from gradharmony.train.checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from gradharmony.train.config import parse_granularity, run_path, validate
+from gradharmony.train.config import ConfigError, parse_granularity, run_path, validate
 from gradharmony.train.distributed import DistContext, all_sum, setup
 from gradharmony.train.rundir import RunLog, truncate_metrics
 from gradharmony.train.schedule import make_scheduler
@@ -112,7 +112,7 @@ def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[Path, dict | No
     rdir = run_path(cfg)
     ckpt_path = latest_checkpoint(rdir / "checkpoints")
     if ckpt_path is not None and not cfg.resume:
-        raise ValueError(f"resume: {rdir} already holds a run (checkpoints/last.pt); pass "
+        raise ConfigError(f"resume: {rdir} already holds a run (checkpoints/last.pt); pass "
                          f"resume=true to continue it or choose another name=")
     ckpt = load_checkpoint(ckpt_path) if (ckpt_path is not None and cfg.resume) else None
     if ctx.is_main:
@@ -155,7 +155,7 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
     model.to(ctx.device).train()
     if cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError("grad_checkpointing: the model has no set_grad_checkpointing()")
+            raise ConfigError("grad_checkpointing: the model has no set_grad_checkpointing()")
         model.set_grad_checkpointing(True)
     forward = model
     if cfg.compile:
