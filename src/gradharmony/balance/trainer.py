@@ -70,6 +70,12 @@ class AVConfig:
         if self.method in ("ogm", "ogm-ge"):
             OGMConfig(self.alpha, self.form, self.method == "ogm-ge", tuple(self.window),
                       self.ogm_params)
+        if self.method == "mdrop":
+            if self.mdrop_target not in ("random", *MODALITIES):
+                raise ValueError(f"mdrop_target must be 'random' or one of {MODALITIES}, "
+                                 f"got {self.mdrop_target!r}")
+            if not 0.0 <= self.mdrop_rate <= 1.0:
+                raise ValueError(f"mdrop_rate must be in [0, 1], got {self.mdrop_rate}")
         if self.method == "gblend" and not 0.0 < self.gblend_holdout < 1.0:
             raise ValueError(f"gblend_holdout must be in (0, 1), got {self.gblend_holdout}")
         if self.method == "gblend" and self.gblend_super_epoch < 1:

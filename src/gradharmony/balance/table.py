@@ -1,0 +1,145 @@
+"""The experiment grid of ``train-av --table``: methods x fusions x optimizers x seeds.
+
+Every finished run is appended to ``runs.jsonl`` in the output folder (the grid resumes
+from it), then :func:`markdown_tables` summarises mean +- std and :func:`plot_balance`
+draws the discrepancy ratio and the OGM coefficients over training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gradharmony.balance.trainer import MODALITIES, AVConfig, train_av
+
+MULTIMODAL = ("joint", "ogm", "ogm-ge", "gblend", "mdrop")
+
+
+def grid_configs(base: AVConfig, methods, fusions, optimizers, seeds) -> list[AVConfig]:
+    """One config per cell; uni-modal methods do not depend on the fusion (run once).
+
+    Example:
+        >>> cfgs = grid_configs(AVConfig(), ["audio", "joint"], ["sum", "concat"], ["sgd"], [0])
+        >>> [(c.method, c.fusion) for c in cfgs]
+        [('audio', '-'), ('joint', 'sum'), ('joint', 'concat')]
+    """
+    out = []
+    for opt in optimizers:
+        for seed in seeds:
+            for method in methods:
+                fus = ["-"] if method in MODALITIES else list(fusions)
+                for f in fus:
+                    out.append(replace(base, method=method, fusion=f if f != "-" else "concat",
+                                       optimizer=opt, seed=seed, progress=False,
+                                       extra={**base.extra, "fusion_label": f}))
+    return out
+
+
+def _key(cfg: AVConfig) -> str:
+    return f"{cfg.method}|{cfg.extra.get('fusion_label', cfg.fusion)}|{cfg.optimizer}|{cfg.seed}"
+
+
+def run_grid(train: dict, test: dict, configs: list[AVConfig], out_dir: str,
+             keep_history_for=("joint", "ogm", "ogm-ge")) -> list[dict]:
+    """Run every config not yet in ``out_dir/runs.jsonl``; return all records."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "runs.jsonl")
+    done = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            for line in fh:
+                rec = json.loads(line)
+                done[rec["key"]] = rec
+    for cfg in tqdm(configs, desc="train-av table"):
+        key = _key(cfg)
+        if key in done:
+            continue
+        res = train_av(train, test, cfg)
+        hist = res["history"]
+        rec = {"key": key, "method": cfg.method, "fusion": cfg.extra.get("fusion_label"),
+               "optimizer": cfg.optimizer, "seed": cfg.seed, "acc": res["acc"],
+               "probe": res["probe"], "unimodal_acc": res["unimodal_acc"],
+               "gblend_weights": hist["gblend_weights"],
+               "mean_rho": {m: float(np.mean(v)) for m, v in hist["rho"].items() if v}}
+        if cfg.method in keep_history_for:
+            rec["rho"] = hist["rho"]
+            rec["coef"] = hist["coef"]
+            rec["epoch_of_step"] = hist["epoch_of_step"]
+        with open(path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        done[key] = rec
+    return [done[_key(c)] for c in configs]
+
+
+def _fmt(values) -> str:
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+
+
+def markdown_tables(records: list[dict]) -> str:
+    """Mean ± std (over seeds) of test accuracy and per-encoder probe accuracy, in percent.
+
+    Example:
+        >>> recs = [{"method": "joint", "fusion": "sum", "optimizer": "sgd", "acc": a,
+        ...          "probe": {"audio": 0.8, "visual": 0.4}} for a in (0.5, 0.7)]
+        >>> print(markdown_tables(recs).splitlines()[4])
+        | joint | sum | 60.0 ± 14.1 | 80.0 ± 0.0 | 40.0 ± 0.0 |
+    """
+    cells = defaultdict(list)
+    order = []
+    for r in records:
+        k = (r["optimizer"], r["method"], r["fusion"])
+        if k not in cells:
+            order.append(k)
+        cells[k].append(r)
+    lines = []
+    for opt in dict.fromkeys(k[0] for k in order):
+        lines += [f"### Optimizer: {opt}", "",
+                  "| method | fusion | test acc (%) | audio probe (%) | visual probe (%) |",
+                  "|---|---|---|---|---|"]
+        for k in order:
+            if k[0] != opt:
+                continue
+            rs = cells[k]
+            probes = [_fmt([r["probe"][m] for r in rs]) if m in rs[0]["probe"] else "–"
+                      for m in MODALITIES]
+            lines.append(f"| {k[1]} | {k[2]} | {_fmt([r['acc'] for r in rs])} | "
+                         f"{probes[0]} | {probes[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_balance(records: list[dict], path: str, fusion: str = "concat",
+                 optimizer: str = "sgd", seed: int = 0) -> str | None:
+    """Plot rho_audio and the audio coefficient per step (joint, OGM, OGM-GE) to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in records if r.get("rho") and r["fusion"] == fusion
+           and r["optimizer"] == optimizer and r["seed"] == seed]
+    if not sel:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for r in sel:
+        rho = np.asarray(r["rho"]["audio"], dtype=float)
+        k = max(1, len(rho) // 100)
+        smooth = np.convolve(rho, np.ones(k) / k, mode="valid")
+        axes[0].plot(smooth, label=r["method"])
+        axes[1].plot(r["coef"]["audio"], label=r["method"], lw=0.8)
+    axes[0].axhline(1.0, color="grey", lw=0.5)
+    axes[0].set(title=r"discrepancy ratio $\rho^{audio}$ (moving mean)", xlabel="step")
+    axes[1].set(title=r"OGM coefficient $k^{audio}$", xlabel="step", ylim=(0, 1.05))
+    for ax in axes:
+        ax.legend()
+    fig.suptitle(f"{fusion} fusion, {optimizer}, seed {seed}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
