@@ -1,1 +1,41 @@
-"""gradharmony.harmonize."""
+"""Cross-modality gradient harmonization: per-triplet conflicts, GR, CL, Both and baselines.
+
+Model-agnostic: works on any ``nn.Module`` built from Linear, Conv1d/2d/3d, LayerNorm,
+Embedding and BatchNorm layers whose forwards keep the triplet index on dim 0.
+
+Example:
+    >>> import torch
+    >>> from gradharmony.harmonize import cosine, realign
+    >>> g_va, g_vt = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    >>> round(float(cosine(*realign(g_va, g_vt))), 4)
+    0.7071
+"""
+
+from ._functional import cosine, gram_cosine, realign
+from ._harmonizer import Harmonizer, HarmonizeStats
+from ._layers import SUPPORTED
+from ._methods import (
+    METHODS,
+    GammaSchedule,
+    GradVac,
+    both_rule,
+    gr_weights,
+    pcgrad_weights,
+    reweight_weights,
+)
+
+__all__ = [
+    "METHODS",
+    "SUPPORTED",
+    "GammaSchedule",
+    "GradVac",
+    "HarmonizeStats",
+    "Harmonizer",
+    "both_rule",
+    "cosine",
+    "gr_weights",
+    "gram_cosine",
+    "pcgrad_weights",
+    "realign",
+    "reweight_weights",
+]

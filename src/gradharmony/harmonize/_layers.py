@@ -1,0 +1,377 @@
+"""Per-layer, per-group gradients of the supported modules from recorded activations.
+
+A recorded *call* is one forward of a module: its input, its output and (BatchNorm) the
+statistics it normalised with. With ``Delta^l`` the gradient of loss l at the call's output,
+every supported parameter's gradient is a sum over rows, so the part of group g is the sum
+over that group's rows (rows of a call are grouped contiguously: group g owns rows
+``[g * N / G, (g + 1) * N / G)``). Linear and convolution weights are ``A^T Delta`` with
+``A`` the (unfolded) input; norm affine parameters are ``sum(x_hat * Delta)`` and
+``sum(Delta)``; embeddings scatter ``Delta`` into the looked-up rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM = (nn.modules.batchnorm._BatchNorm,)
+SUPPORTED = (nn.Linear, nn.LayerNorm, nn.Embedding, *_CONV, *_NORM)
+
+
+@dataclass
+class Call:
+    """One recorded forward of a supported module."""
+
+    module: nn.Module
+    inp: Tensor
+    out: Tensor
+    stats: tuple[Tensor, Tensor] | None = None  # BatchNorm (mean, invstd) used in the forward
+    deltas: list[Tensor | None] = field(default_factory=list)  # per loss, at ``out``
+
+    @property
+    def rows(self) -> int:
+        return self.inp.shape[0]
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """The rule that handles ``module``'s parameters, or None when unsupported."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, _CONV):
+        return "conv"
+    if isinstance(module, nn.LayerNorm):
+        return "layernorm"
+    if isinstance(module, _NORM):
+        return "batchnorm"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return None
+
+
+def check_module(name: str, module: nn.Module) -> None:
+    """Reject supported module types in configurations whose gradients are not handled."""
+    if isinstance(module, _CONV) and (module.groups != 1 or module.transposed):
+        raise ValueError(
+            f"module {name!r}: only convolutions with groups=1 are supported "
+            f"(got groups={module.groups})"
+        )
+    if isinstance(module, nn.Embedding) and (module.sparse or module.scale_grad_by_freq):
+        raise ValueError(
+            f"module {name!r}: nn.Embedding with sparse=True or scale_grad_by_freq=True "
+            "is not supported"
+        )
+
+
+def batchnorm_stats(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The (mean, invstd) per channel that ``module`` used to normalise ``x``."""
+    use_batch = module.training or module.running_mean is None
+    if not use_batch:
+        mean, var = module.running_mean.float(), module.running_var.float()
+    else:
+        dims = [d for d in range(x.dim()) if d != 1]
+        xf = x.detach().float()
+        count = torch.tensor(float(xf.numel() // xf.shape[1]))
+        total, sq = xf.sum(dims), (xf * xf).sum(dims)
+        if isinstance(module, nn.SyncBatchNorm) and _dist_ready():
+            import torch.distributed as dist
+
+            packed = torch.cat([total, sq, count.view(1)])
+            dist.all_reduce(packed)
+            total, sq, count = packed[: len(total)], packed[len(total) : -1], packed[-1]
+        mean = total / count
+        var = (sq / count - mean * mean).clamp_min(0.0)
+    return mean, torch.rsqrt(var + module.eps)
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
+    """im2col: ``[N, C, *spatial]`` -> ``[N, T, C * prod(kernel)]`` matching the weight layout."""
+    nd = x.dim() - 2
+    if module.padding != "valid" and any(module._reversed_padding_repeated_twice):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+    for i in range(nd):
+        k, s, d = module.kernel_size[i], module.stride[i], module.dilation[i]
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)
+        if d > 1:
+            x = x[..., ::d]
+    n, c = x.shape[:2]
+    perm = [0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd)]
+    x = x.permute(perm)
+    return x.reshape(n, -1, c * math.prod(module.kernel_size))
+
+
+def linear_form(call: Call, delta: Tensor | None = None) -> Tensor:
+    """Rows of the input ``A: [N, T, in]`` (or of ``delta``: ``[N, T, out]``) in float32."""
+    m = call.module
+    if delta is not None:
+        if isinstance(m, _CONV):
+            return delta.float().movedim(1, -1).reshape(delta.shape[0], -1, delta.shape[1])
+        return delta.float().reshape(delta.shape[0], -1, delta.shape[-1])
+    if isinstance(m, _CONV):
+        return _conv_patches(m, call.inp.float())
+    return call.inp.float().reshape(call.inp.shape[0], -1, call.inp.shape[-1])
+
+
+def diag_rows(call: Call, delta: Tensor) -> dict[str, Tensor]:
+    """Per-row gradients ``[N, *shape]`` of a norm layer's ``weight`` and ``bias``."""
+    m, x, d = call.module, call.inp.float(), delta.float()
+    n = x.shape[0]
+    if isinstance(m, nn.LayerNorm):
+        shape = tuple(m.normalized_shape)
+        xhat = F.layer_norm(x, shape, eps=m.eps)
+        flat = (n, -1, *shape)
+        return {"weight": (xhat * d).reshape(flat).sum(1), "bias": d.reshape(flat).sum(1)}
+    mean, invstd = call.stats
+    view = [1, -1] + [1] * (x.dim() - 2)
+    xhat = (x - mean.view(view)) * invstd.view(view)
+    dims = list(range(2, x.dim()))
+    wd = (xhat * d).sum(dims) if dims else xhat * d
+    return {"weight": wd, "bias": d.sum(dims) if dims else d}
+
+
+class ModuleWork:
+    """Gramian contribution and update of one module over all its recorded calls.
+
+    ``strategy`` picks how Linear/Conv weights enter the Gramian: ``"materialize"`` builds the
+    per-group gradients ``[G, out, in]``; ``"ghost"`` uses
+    ``<G_g^a, G_g^b> = sum_{c, c'} sum((A_c A_c'^T) * (Delta_c^a Delta_c'^b^T))`` over the
+    group's rows of every pair of calls (cross-pass terms included); ``"auto"`` takes the
+    cheaper by a flop count. Per-group weight gradients are kept for the update while they
+    fit in ``budget`` (a one-element list of bytes, shared by all modules of a step);
+    otherwise the update is recomputed as ``A^T (sum_l w_l Delta^l)``.
+    """
+
+    def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None):
+        self.module, self.calls, self.G, self.L = module, calls, groups, num_losses
+        self.kind = kind_of(module)
+        self.strategy = strategy
+        self.budget = budget if budget is not None else [0]
+        self.kept: dict[str, list[Tensor | None]] = {}
+        self.sparse = None
+        self.recompute_weight = False
+
+    def _trainable(self, name: str) -> bool:
+        p = getattr(self.module, name, None)
+        return isinstance(p, nn.Parameter) and p.requires_grad
+
+    def _group(self, rows: Tensor) -> Tensor:
+        return rows.reshape(self.G, rows.shape[0] // self.G, *rows.shape[1:]).sum(1)
+
+    def gram(self) -> Tensor:
+        """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
+        if self.kind in ("layernorm", "batchnorm"):
+            self._dense_from_rows()
+        elif self.kind == "embedding":
+            return self._embedding_gram()
+        else:
+            self._linear_bias()
+            if self._trainable("weight"):
+                ghost = self._linear_weight()
+                if ghost is not None:
+                    return ghost + self._gram_of_kept()
+        return self._gram_of_kept()
+
+    def _gram_of_kept(self) -> Tensor:
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64)
+        for grads in self.kept.values():
+            flat = [None if g is None else g.reshape(self.G, -1) for g in grads]
+            for a in range(self.L):
+                for b in range(a, self.L):
+                    if flat[a] is None or flat[b] is None:
+                        continue
+                    v = (flat[a] * flat[b]).sum(1).double()
+                    out[:, a, b] += v
+                    if a != b:
+                        out[:, b, a] += v
+        return out
+
+    def _add(self, name: str, loss: int, value: Tensor) -> None:
+        grads = self.kept.setdefault(name, [None] * self.L)
+        grads[loss] = value if grads[loss] is None else grads[loss] + value
+
+    def _dense_from_rows(self) -> None:
+        for call in self.calls:
+            for l, delta in enumerate(call.deltas):
+                if delta is None:
+                    continue
+                for name, rows in diag_rows(call, delta).items():
+                    if self._trainable(name):
+                        self._add(name, l, self._group(rows))
+
+    def _linear_bias(self) -> None:
+        if not self._trainable("bias"):
+            return
+        for call in self.calls:
+            for l, delta in enumerate(call.deltas):
+                if delta is not None:
+                    self._add("bias", l, self._group(linear_form(call, delta).sum(1)))
+
+    def _linear_weight(self) -> Tensor | None:
+        G = self.G
+        calls = self.calls
+        a_rows = [linear_form(c) for c in calls]
+        n = [a.shape[0] // G * a.shape[1] for a in a_rows]
+        d_in = a_rows[0].shape[-1]
+        d_out = calls[0].out.shape[1 if self.kind == "conv" else -1]
+        reach = [sum(d is not None for d in c.deltas) for c in calls]
+        update = sum(ni * d_in * d_out for ni in n)
+        mat = sum(ni * d_in * d_out * r for ni, r in zip(n, reach))
+        ghost = sum(
+            n[i] * n[j] * (d_in + d_out * reach[i] * reach[j])
+            for i in range(len(calls))
+            for j in range(i, len(calls))
+        )
+        size = 4 * G * self.L * d_in * d_out
+        keep = size <= self.budget[0]
+        strategy = self.strategy
+        if strategy == "auto":
+            strategy = "materialize" if mat + (0 if keep else update) <= ghost + update else "ghost"
+        if strategy == "ghost":
+            self.recompute_weight = True
+            return self._ghost(a_rows)
+        grads: list[Tensor | None] = [None] * self.L
+        for call, a in zip(calls, a_rows):
+            a_g = a.reshape(G, -1, d_in)
+            for l, delta in enumerate(call.deltas):
+                if delta is None:
+                    continue
+                d_g = linear_form(call, delta).reshape(G, -1, d_out)
+                w = torch.bmm(d_g.transpose(1, 2), a_g)
+                grads[l] = w if grads[l] is None else grads[l] + w
+        if keep:
+            self.budget[0] -= size
+            self.kept["weight"] = grads
+            return None
+        self.recompute_weight = True
+        out = torch.zeros(G, self.L, self.L, dtype=torch.float64)
+        for a in range(self.L):
+            for b in range(a, self.L):
+                if grads[a] is None or grads[b] is None:
+                    continue
+                v = (grads[a] * grads[b]).sum((1, 2)).double()
+                out[:, a, b] += v
+                if a != b:
+                    out[:, b, a] += v
+        return out
+
+    def _ghost(self, a_rows: list[Tensor]) -> Tensor:
+        G, L, calls = self.G, self.L, self.calls
+        out = torch.zeros(G, L, L, dtype=torch.float64)
+        a_g = [a.reshape(G, -1, a.shape[-1]) for a in a_rows]
+        d_g = [
+            [None if d is None else linear_form(c, d).reshape(G, a.shape[1], -1) for d in c.deltas]
+            for c, a in zip(calls, a_g)
+        ]
+        for i in range(len(calls)):
+            for j in range(i, len(calls)):
+                aa = torch.bmm(a_g[i], a_g[j].transpose(1, 2))
+                for a in range(L):
+                    for b in range(L):
+                        if d_g[i][a] is None or d_g[j][b] is None:
+                            continue
+                        if i == j and b < a:
+                            continue
+                        dd = torch.bmm(d_g[i][a], d_g[j][b].transpose(1, 2))
+                        v = (aa * dd).sum((1, 2)).double()
+                        out[:, a, b] += v
+                        if i != j or a != b:
+                            out[:, b, a] += v
+        return out
+
+    def _embedding_gram(self) -> Tensor:
+        m, G = self.module, self.G
+        out = torch.zeros(G, self.L, self.L, dtype=torch.float64)
+        if not self._trainable("weight"):
+            return out
+        num = m.num_embeddings
+        keys, vals = [], []
+        for call in self.calls:
+            idx = call.inp
+            per_group = idx.shape[0] // G
+            group = torch.arange(idx.shape[0], device=idx.device) // per_group
+            group = group.view(-1, *([1] * (idx.dim() - 1))).expand_as(idx)
+            key = (group * num + idx).reshape(-1)
+            ds = [None if d is None else d.float().reshape(-1, d.shape[-1]) for d in call.deltas]
+            if m.padding_idx is not None:
+                live = (idx.reshape(-1) != m.padding_idx).unsqueeze(1)
+                ds = [None if d is None else d * live for d in ds]
+            keys.append(key)
+            vals.append(ds)
+        uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        starts = torch.tensor([0] + [k.numel() for k in keys]).cumsum(0)
+        dim = m.embedding_dim
+        per_loss: list[Tensor | None] = [None] * self.L
+        for c, ds in enumerate(vals):
+            inv = inverse[starts[c] : starts[c + 1]]
+            for l, d in enumerate(ds):
+                if d is None:
+                    continue
+                if per_loss[l] is None:
+                    per_loss[l] = torch.zeros(uniq.numel(), dim)
+                per_loss[l].index_add_(0, inv, d)
+        group_of = uniq // num
+        for a in range(self.L):
+            for b in range(a, self.L):
+                if per_loss[a] is None or per_loss[b] is None:
+                    continue
+                prod = (per_loss[a] * per_loss[b]).sum(1).double()
+                v = torch.zeros(G, dtype=torch.float64).index_add_(0, group_of, prod)
+                out[:, a, b] += v
+                if a != b:
+                    out[:, b, a] += v
+        self.sparse = (uniq % num, group_of, per_loss)
+        return out
+
+    def update(self, weights: Tensor) -> dict[str, Tensor]:
+        """Parameter gradients ``sum_g sum_l w[g, l] G_g^l`` for loss weights ``[G, L]``."""
+        w = weights.float()
+        grads: dict[str, Tensor] = {}
+        for name, per_loss in self.kept.items():
+            total = None
+            for l, g in enumerate(per_loss):
+                if g is None:
+                    continue
+                term = torch.tensordot(w[:, l], g, dims=([0], [0]))
+                total = term if total is None else total + term
+            if total is not None:
+                grads[name] = total
+        if self.sparse is not None:
+            rows, group_of, per_loss = self.sparse
+            combined = sum(
+                w[group_of, l].unsqueeze(1) * g for l, g in enumerate(per_loss) if g is not None
+            )
+            weight = self.module.weight
+            grads["weight"] = torch.zeros(weight.shape).index_add_(0, rows, combined)
+        if self.recompute_weight:
+            total = None
+            for call in self.calls:
+                a = linear_form(call)
+                rep = w.repeat_interleave(a.shape[0] // self.G, dim=0)
+                comb = None
+                for l, delta in enumerate(call.deltas):
+                    if delta is None:
+                        continue
+                    term = linear_form(call, delta) * rep[:, l].view(-1, 1, 1)
+                    comb = term if comb is None else comb + term
+                if comb is None:
+                    continue
+                g = comb.reshape(-1, comb.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+                total = g if total is None else total + g
+            if total is not None:
+                grads["weight"] = total
+        shaped = {}
+        for name, g in grads.items():
+            p = getattr(self.module, name)
+            shaped[name] = g.reshape(p.shape)
+        return shaped
