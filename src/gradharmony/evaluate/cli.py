@@ -1,0 +1,271 @@
+"""``gradharmony eval`` and ``gradharmony score``.
+
+``eval`` runs the paper's downstream protocols on a trained run and writes ``RUN/eval.json``
+(every number next to its protocol) and ``RUN/eval_embeddings.npz`` (the retrieval split's
+video/text embeddings, for the report's t-SNE). ``score`` writes per-clip alignment scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gradharmony.evaluate.clips import ClipSet, load_clips, shard_files
+from gradharmony.evaluate.probe import stratified_split
+from gradharmony.evaluate.retrieval import TIE_RULE, bidirectional_retrieval
+
+TASKS = ("retrieval", "probe", "finetune")
+#: classification splits of the synthetic benchmark: name -> (folder, modality)
+CLASS_SPLITS = {"video_action": ("action", "video"), "audio_sound": ("sound", "audio")}
+DEFAULT_DATA = "data/synthetic"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _subset(clips: ClipSet, idx: np.ndarray) -> ClipSet:
+    return ClipSet(clips.video[idx], clips.audio[idx], clips.has_audio[idx],
+                   [clips.texts[i] for i in idx], [clips.neighbors[i] for i in idx],
+                   clips.labels[idx], [clips.keys[i] for i in idx],
+                   [clips.meta[i] for i in idx], dict(clips.skipped))
+
+
+def _find_part(root: Path, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if (root / name).is_dir():
+            return str(root / name)
+        files = sorted(str(f) for f in root.glob(f"{name}*.tar"))
+        if files:
+            return files[0] if len(files) == 1 else str(root / f"{name}*.tar")
+    return None
+
+
+def load_train_test(root: str | os.PathLike, spec, windows: int, limit: int | None,
+                    test_fraction: float, seed: int, progress: bool):
+    """(train, test, how) of a classification split folder: its ``train``/``test`` parts
+    (sub-folders or ``train*.tar``/``test*.tar`` shards) when present, otherwise a seeded
+    stratified carve of all its clips."""
+    root = Path(root)
+    if not root.exists():
+        raise ValueError(f"split {str(root)!r} does not exist")
+    tr = _find_part(root, ("train",)) if root.is_dir() else None
+    te = _find_part(root, ("test", "val")) if root.is_dir() else None
+    if tr and te:
+        return (load_clips(tr, spec, windows, limit, progress),
+                load_clips(te, spec, windows, limit, progress), f"given: {tr} / {te}")
+    clips = load_clips(root, spec, windows, limit, progress)
+    if (clips.labels < 0).any():
+        raise ValueError(f"split {str(root)!r} has clips without a label")
+    if np.unique(clips.labels).size < 2:
+        raise ValueError(f"split {str(root)!r} has a single class "
+                         f"({np.unique(clips.labels).tolist()}): classification needs two")
+    fit, test = stratified_split(clips.labels, test_fraction, seed)
+    how = f"carved: stratified {test_fraction:.0%} test, seed {seed}"
+    return _subset(clips, fit), _subset(clips, test), how
+
+
+def _retrieval(run, args, device) -> tuple[dict, dict]:
+    from gradharmony.evaluate.features import encode_clips
+
+    path = Path(args.data) / "retrieval"
+    part = _find_part(path, ("test",)) if path.is_dir() else None
+    clips = load_clips(part or path, run.spec, args.windows, args.limit, not args.quiet)
+    if len(clips) < 2:
+        raise ValueError(f"the retrieval split {str(path)!r} has {len(clips)} clip: "
+                         "retrieval needs at least two")
+    feats = encode_clips(run.model, clips, run.tokenizer, run.text_len, args.batch_size,
+                         device, ("video", "text"), not args.quiet)
+    res = bidirectional_retrieval(torch.from_numpy(feats["video_vt"]),
+                                  torch.from_numpy(feats["text_vt"]))
+    res["protocol"] = {"split": str(part or path), "n": len(clips), "windows": args.windows,
+                       "embedding": "video_vt / text_vt (own narration), cosine",
+                       "window_pooling": "mean of L2-normalised window embeddings, renormalised",
+                       "tie_rule": TIE_RULE, "MedR": "1-based median rank",
+                       "skipped": clips.skipped}
+    return res, {"video_vt": feats["video_vt"], "text_vt": feats["text_vt"],
+                 "keys": np.array(clips.keys)}
+
+
+def _probe(run, args, device) -> dict:
+    from gradharmony.evaluate.features import encode_clips
+    from gradharmony.evaluate.probe import linear_probe
+
+    out = {}
+    for name, (folder, modality) in CLASS_SPLITS.items():
+        train, test, how = load_train_test(Path(args.data) / folder, run.spec, args.windows,
+                                           args.limit, 0.3, args.seed, not args.quiet)
+        key = f"{modality}_feat"
+        ftr = encode_clips(run.model, train, None, run.text_len, args.batch_size, device,
+                           (modality,), not args.quiet)[key]
+        fte = encode_clips(run.model, test, None, run.text_len, args.batch_size, device,
+                           (modality,), not args.quiet)[key]
+        res = linear_probe(ftr, train.labels, fte, test.labels, seed=args.seed)
+        proto = {k: res.pop(k) for k in list(res) if k not in ("top1", "top5")}
+        proto.update(split=how, feature=f"{key} (frozen, mean over {args.windows} windows)",
+                     classifier="sklearn LogisticRegression (lbfgs), C chosen on a stratified "
+                                "20% validation carve of the training part, then refit")
+        out[name] = {**res, "protocol": proto}
+    return out
+
+
+def _finetune(run, args, device) -> dict:
+    from gradharmony.evaluate.finetune import finetune
+
+    out = {}
+    for name, (folder, modality) in CLASS_SPLITS.items():
+        train, test, how = load_train_test(Path(args.data) / folder, run.spec, args.windows,
+                                           args.limit, 0.3, args.seed, not args.quiet)
+        res = finetune(run.model, train, test, modality, epochs=args.finetune_epochs,
+                       batch_size=args.batch_size, lr=args.finetune_lr, seed=args.seed,
+                       device=device, progress=not args.quiet)
+        res["protocol"]["split"] = how
+        out[name] = res
+    return out
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gradharmony eval", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="folder with the retrieval/, action/ and sound/ splits "
+                        f"(default: {DEFAULT_DATA}, the synthetic clean splits)")
+    p.add_argument("--windows", type=int, default=2,
+                   help="temporal windows per clip whose embeddings are averaged")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, default=None, help="at most this many clips per part")
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main_eval(argv: list[str] | None = None) -> int:
+    """Entry point of ``gradharmony eval``."""
+    from gradharmony.evaluate.run import load_run
+
+    args = _eval_parser().parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise ValueError(f"--tasks: unknown {bad or 'empty list'}; choose from {', '.join(TASKS)}")
+    if args.windows < 1:
+        raise ValueError(f"--windows must be >= 1, got {args.windows}")
+    if not Path(args.data).is_dir():
+        raise ValueError(f"--data {args.data!r} is not a folder (expected retrieval/, action/, "
+                         "sound/ splits; make them with `gradharmony make-data`)")
+    device = _device(args.device)
+    torch.manual_seed(args.seed)
+    run = load_run(args.run, device)
+    path = run.dir / "eval.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.update(run=str(run.dir), checkpoint=str(run.checkpoint), step=run.step,
+                  data=str(args.data), method=run.config.get("method"),
+                  seed=run.config.get("seed"))
+    if "retrieval" in tasks:
+        result["retrieval"], emb = _retrieval(run, args, device)
+        np.savez(run.dir / "eval_embeddings.npz", **emb)
+    if "probe" in tasks:
+        result["probe"] = _probe(run, args, device)
+    if "finetune" in tasks:
+        result["finetune"] = _finetune(run, args, device)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    _print_eval(result)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    if "retrieval" in result:
+        for d in ("video_to_text", "text_to_video"):
+            m = result["retrieval"][d]
+            print(f"retrieval {d}: R@1 {m['R@1']:.1f}  R@5 {m['R@5']:.1f}  "
+                  f"R@10 {m['R@10']:.1f}  MedR {m['MedR']:.1f}")
+    for task in ("probe", "finetune"):
+        for name, m in result.get(task, {}).items():
+            print(f"{task} {name}: top1 {m['top1']:.1f}  top5 {m['top5']:.1f}")
+
+
+def _score_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gradharmony score",
+                                description="per-triplet alignment scores of a data set")
+    p.add_argument("--run", required=True, help="run directory (runs/NAME)")
+    p.add_argument("--data", required=True, help="shards: a folder, a glob or a .tar")
+    p.add_argument("--out", default=None, help="output .jsonl (default: RUN/scores.jsonl)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="triplets per batch (in-batch negatives); default: the run's batch size")
+    p.add_argument("--limit", type=int, default=None, help="score at most this many clips")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--examples", type=float, default=0.05,
+                   help="fraction of clips kept at each end for the report's contact sheet")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _examples(clips: ClipSet, rows: list[dict], fraction: float, path: Path) -> None:
+    """Thumbnails of the top and bottom ``fraction`` clips by cosine (report Figure 3)."""
+    order = np.argsort([r["cos"] for r in rows], kind="stable")
+    m = max(1, int(round(fraction * len(rows))))
+    picks = {"bottom": order[:m], "top": order[::-1][:m]}
+    centre = clips.video.shape[1] // 2
+    data = {}
+    for name, idx in picks.items():
+        v = clips.video[idx, centre]
+        t = np.linspace(0, v.shape[1] - 1, min(4, v.shape[1])).round().astype(int)
+        data[f"{name}_frames"] = v[:, t]
+        data[f"{name}_index"] = idx
+    np.savez_compressed(path, **data)
+
+
+def main_score(argv: list[str] | None = None) -> int:
+    """Entry point of ``gradharmony score``."""
+    from gradharmony.evaluate.run import load_run
+    from gradharmony.evaluate.scoring import detection_aurocs, score_clips
+
+    args = _score_parser().parse_args(argv)
+    device = _device(args.device)
+    run = load_run(args.run, device)
+    batch_size = args.batch_size or int(run.config.get("batch_size", 64))
+    shard_files(args.data)  # clear error before decoding
+    clips = load_clips(args.data, run.spec, 1, args.limit, not args.quiet)
+    rows = score_clips(run.model, clips, run.tokenizer, batch_size, run.candidates,
+                       run.text_len, float(run.config.get("model", {}).get("temperature", 0.07)),
+                       device, not args.quiet)
+    out = Path(args.out) if args.out else run.dir / "scores.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    aurocs = detection_aurocs(rows, n_boot=args.n_boot, seed=args.seed)
+    summary = {"run": str(run.dir), "step": run.step, "data": str(args.data), "n": len(rows),
+               "batch_size": batch_size, "grouping": "consecutive clips in shard order, "
+               "in-batch negatives as in training", "granularity": "sample",
+               "model_mode": "eval", "skipped": clips.skipped, "auroc": aurocs,
+               "auroc_positive_class": "misaligned (ground-truth flag false)",
+               "score_directions": "low cos, low sim, high loss = misaligned"}
+    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
+    _examples(clips, rows, args.examples, out.with_suffix(".examples.npz"))
+    print(f"scored {len(rows)} clips in batches of {batch_size} -> {out}")
+    if not aurocs:
+        print("no ground-truth alignment flags with both classes: AUROC not computed")
+    for target, scores in aurocs.items():
+        print(f"AUROC for {target} (95% bootstrap CI, {args.n_boot} resamples, seed {args.seed}):")
+        for score, r in scores.items():
+            print(f"  {score:>8}: {r['auroc']:.3f}  [{r['low']:.3f}, {r['high']:.3f}]  "
+                  f"(n={r['n']}, misaligned={r['n_pos']})")
+    return 0

@@ -1,0 +1,172 @@
+"""Reading evaluation clips from shards: decoding, several temporal windows, narrations.
+
+Evaluation reads shards sequentially in a fixed order (no shuffling, no augmentation), so
+every number is reproducible. A clip is decoded over its whole duration (at least one model
+clip), then cut into ``windows`` clips of the model's length whose starts are evenly spaced
+from the beginning to the end of the video (one window: the centred one). Samples that do
+not decode are skipped and counted by reason (``skipped`` in the protocol).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+
+
+def shard_files(path: str | os.PathLike) -> list[str]:
+    """The ``.tar`` shards of a directory (recursively), a glob, or a single file, sorted.
+
+    Example:
+        >>> shard_files("/nonexistent/dir")
+        Traceback (most recent call last):
+        ...
+        ValueError: no .tar shards found at '/nonexistent/dir'
+    """
+    p = str(path)
+    if os.path.isdir(p):
+        files = glob.glob(os.path.join(p, "**", "*.tar"), recursive=True)
+    elif os.path.isfile(p):
+        files = [p]
+    else:
+        files = glob.glob(p)
+    files = sorted(f for f in files if f.endswith(".tar"))
+    if not files:
+        raise ValueError(f"no .tar shards found at {p!r}")
+    return files
+
+
+def iter_samples(files: list[str]) -> Iterator[dict[str, bytes | str]]:
+    """Raw samples ``{"__key__": key, "mp4": bytes, "txt": bytes, "json": bytes, ...}`` of
+    the shards in order (members grouped by the key before the first dot of the file name)."""
+    for f in files:
+        current: dict = {}
+        with tarfile.open(f, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                if "." not in base:
+                    continue
+                key, ext = base.split(".", 1)
+                key = os.path.join(os.path.dirname(member.name), key)
+                if current and current["__key__"] != key:
+                    yield current
+                    current = {}
+                current["__key__"] = key
+                current[ext] = tar.extractfile(member).read()
+        if current:
+            yield current
+
+
+def window_starts(n_total: int, n_window: int, windows: int) -> list[int]:
+    """Evenly spaced start indices of ``windows`` windows of ``n_window`` inside ``n_total``.
+
+    Example:
+        >>> window_starts(10, 4, 3), window_starts(10, 4, 1), window_starts(4, 4, 2)
+        ([0, 3, 6], [3], [0, 0])
+    """
+    if windows < 1:
+        raise ValueError(f"windows must be >= 1, got {windows}")
+    slack = max(0, n_total - n_window)
+    if windows == 1:
+        return [slack // 2]
+    return [int(round(slack * w / (windows - 1))) for w in range(windows)]
+
+
+def _duration(data: bytes) -> float | None:
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            if not c.streams.video:
+                return None
+            s = c.streams.video[0]
+            if s.duration is not None and s.time_base is not None:
+                return float(s.duration * s.time_base)
+            return c.duration / 1e6 if c.duration else None
+    except Exception:  # noqa: BLE001 - the decoder reports the real reason later
+        return None
+
+
+@dataclass
+class ClipSet:
+    """Decoded clips of one split: ``video`` uint8 ``[N, W, T, crop, crop, 3]``,
+    ``audio`` float32 ``[N, W, S]``, narrations, labels (-1 unknown), keys, metadata."""
+
+    video: np.ndarray
+    audio: np.ndarray
+    has_audio: np.ndarray
+    texts: list[str]
+    neighbors: list[list[str]]
+    labels: np.ndarray
+    keys: list[str]
+    meta: list[dict]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,
+               progress: bool = True) -> ClipSet:
+    """Decode every clip of the shards at ``path`` into ``windows`` model-sized windows.
+
+    Raises ``ValueError`` when the split yields no clip.
+    """
+    from tqdm.auto import tqdm
+
+    files = shard_files(path)
+    vids, auds, has_a, texts, neigh, labels, keys, metas = [], [], [], [], [], [], [], []
+    skipped: dict[str, int] = {}
+    bar = tqdm(iter_samples(files), desc=f"decode {os.path.basename(str(path).rstrip('/'))}",
+               disable=not progress, leave=False)
+    for sample in bar:
+        if limit is not None and len(keys) >= limit:
+            break
+        if "mp4" not in sample:
+            skipped["missing_mp4"] = skipped.get("missing_mp4", 0) + 1
+            continue
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        dur = _duration(sample["mp4"]) or spec.seconds
+        total_s = max(spec.seconds, dur)
+        n_frames = max(spec.frames, int(np.floor(total_s * spec.fps + 1e-9)))
+        full = ClipSpec(frames=n_frames, fps=spec.fps, size=spec.size, crop=spec.crop,
+                        audio_rate=spec.audio_rate,
+                        seconds=max(total_s, (n_frames - 1) / spec.fps))
+        try:
+            frames, audio, has_audio = decode_clip_raw(sample["mp4"], full, train=False)
+        except SampleError as err:
+            skipped[err.reason] = skipped.get(err.reason, 0) + 1
+            continue
+        c = spec.crop
+        top, left = (frames.shape[1] - c) // 2, (frames.shape[2] - c) // 2
+        frames = frames[:, top:top + c, left:left + c]
+        fs = window_starts(frames.shape[0], spec.frames, windows)
+        vids.append(np.stack([frames[s:s + spec.frames] for s in fs]))
+        n_s = spec.audio_samples
+        audio = np.pad(audio, (0, max(0, n_s - audio.shape[0])))
+        a_starts = [int(round(s / spec.fps * spec.audio_rate)) for s in fs]
+        a_starts = [min(a, audio.shape[0] - n_s) for a in a_starts]
+        auds.append(np.stack([audio[a:a + n_s] for a in a_starts]).astype(np.float32))
+        has_a.append(bool(has_audio))
+        text = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
+        texts.append(text or str(meta.get("text", meta.get("caption", ""))))
+        neigh.append([n for n in meta.get("neighbors", []) if isinstance(n, str)])
+        lab = meta.get("label", -1)
+        labels.append(int(lab) if lab is not None else -1)
+        keys.append(str(sample["__key__"]))
+        metas.append(meta)
+    if not keys:
+        raise ValueError(f"the split at {str(path)!r} is empty: no clip decoded "
+                         f"(skipped: {skipped or 'none'})")
+    return ClipSet(np.stack(vids), np.stack(auds), np.array(has_a), texts, neigh,
+                   np.array(labels, dtype=np.int64), keys, metas, skipped)

@@ -1,0 +1,78 @@
+"""Frozen features of a split: window-averaged embeddings and pooled backbone features.
+
+Uses the per-modality encoders of the model contract (docs/architecture.md):
+``encode_video(video)``, ``encode_audio(audio)``, ``encode_text(text, text_mask)``.
+Embeddings (``*_va``, ``*_vt``) are averaged over windows and re-normalised (VATT's
+multi-window protocol); pooled features (``*_feat``) are averaged over windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from gradharmony.evaluate.clips import ClipSet
+from gradharmony.evaluate.retrieval import average_windows
+
+
+def _windows_mean(x: torch.Tensor, n: int, w: int, normalise: bool) -> torch.Tensor:
+    x = x.float().reshape(n, w, -1)
+    return average_windows(x) if normalise else x.mean(dim=1)
+
+
+def video_batch(clips: ClipSet, idx: np.ndarray, device) -> torch.Tensor:
+    """Float video ``[len(idx) * W, T, H, W, 3]`` in [0, 1] (windows of a clip adjacent)."""
+    v = torch.from_numpy(clips.video[idx]).to(device)
+    return v.flatten(0, 1).float().div_(255.0)
+
+
+def audio_batch(clips: ClipSet, idx: np.ndarray, device) -> torch.Tensor:
+    """Float audio ``[len(idx) * W, S]``."""
+    return torch.from_numpy(clips.audio[idx]).to(device).flatten(0, 1).float()
+
+
+def text_batch(tokenizer, texts: list[str], length: int, device, neighbors=None, k: int = 1):
+    """Token ids ``[B, k, L]``, token mask and candidate mask of narrations (own first)."""
+    if tokenizer is None:
+        raise ValueError("this run has no vocab.json: text cannot be tokenised for evaluation")
+    out = [tokenizer.encode_candidates(t, (neighbors[i] if neighbors else []), k, length)
+           for i, t in enumerate(texts)]
+    ids, mask, cand = (torch.from_numpy(np.stack(x)).to(device) for x in zip(*out))
+    return ids, mask, cand
+
+
+@torch.no_grad()
+def encode_clips(model, clips: ClipSet, tokenizer=None, text_len: int = 16,
+                 batch_size: int = 32, device="cpu", modalities=("video", "audio", "text"),
+                 progress: bool = True) -> dict[str, np.ndarray]:
+    """Encode a split with a frozen model. Returns ``[N, D]`` arrays among ``video_va``,
+    ``video_vt``, ``video_feat``, ``audio_va``, ``audio_feat``, ``text_vt``, ``text_feat``
+    (text: the clip's own narration)."""
+    model.eval()
+    n, w = clips.video.shape[0], clips.video.shape[1]
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in tqdm(range(0, n, batch_size), desc="encode", disable=not progress,
+                      leave=False):
+        idx = np.arange(start, min(n, start + batch_size))
+        b = len(idx)
+        if "video" in modalities:
+            out = model.encode_video(video_batch(clips, idx, device))
+            for key in ("video_va", "video_vt", "video_feat"):
+                if key in out:
+                    parts.setdefault(key, []).append(
+                        _windows_mean(out[key], b, w, key != "video_feat").cpu())
+        if "audio" in modalities:
+            out = model.encode_audio(audio_batch(clips, idx, device))
+            for key in ("audio_va", "audio_feat"):
+                if key in out:
+                    parts.setdefault(key, []).append(
+                        _windows_mean(out[key], b, w, key != "audio_feat").cpu())
+        if "text" in modalities:
+            ids, mask, _ = text_batch(tokenizer, [clips.texts[i] for i in idx], text_len,
+                                      device)
+            out = model.encode_text(ids, mask)
+            for key in ("text_vt", "text_feat"):
+                if key in out:
+                    parts.setdefault(key, []).append(out[key][:, 0].float().cpu())
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}

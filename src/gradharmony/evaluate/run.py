@@ -1,0 +1,134 @@
+"""Loading a trained run for evaluation: its config, model weights and vocabulary.
+
+Reads the run directory the trainer writes (DESIGN.md §7): ``config.yaml``,
+``checkpoints/last.pt`` (``{"model": state_dict, "step": ...}``) and ``vocab.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gradharmony.data.decode import ClipSpec
+
+
+@dataclass
+class LoadedRun:
+    """A run ready for evaluation: ``config`` (plain dict), ``model`` (eval mode),
+    ``tokenizer`` (``None`` when the run has no ``vocab.json``), the checkpoint ``step``."""
+
+    dir: Path
+    config: dict
+    model: torch.nn.Module
+    tokenizer: object | None
+    step: int
+    checkpoint: Path
+
+    @property
+    def spec(self) -> ClipSpec:
+        """The clip geometry the model was trained on (from ``config.data``)."""
+        return clip_spec(self.config)
+
+    @property
+    def text_len(self) -> int:
+        return int(self.config.get("data", {}).get("text_len", 16))
+
+    @property
+    def candidates(self) -> int:
+        return int(self.config.get("data", {}).get("candidates", 4))
+
+
+def clip_spec(config: dict) -> ClipSpec:
+    """The :class:`ClipSpec` of a run config's ``data`` section (evaluation: centre crop of
+    side ``data.size`` from frames resized to ``data.resize``, default ``data.size``).
+
+    Example:
+        >>> clip_spec({"data": {"frames": 8, "fps": 4.0, "size": 32}}).crop
+        32
+    """
+    d = config.get("data", {})
+    size = int(d.get("size", 64))
+    return ClipSpec(frames=int(d.get("frames", 16)), fps=float(d.get("fps", 8.0)),
+                    size=int(d.get("resize", size) or size), crop=size,
+                    audio_rate=int(d.get("audio_rate", 16000)),
+                    seconds=float(d.get("clip_seconds", 2.0)))
+
+
+def build_model(config: dict) -> torch.nn.Module:
+    """The model a run config names (``model.preset``: a preset of
+    ``gradharmony.models.create_model`` or ``"package.module:function"``)."""
+    m = config.get("model", {})
+    preset = m.get("preset", "tiny")
+    kwargs = dict(m.get("kwargs") or {})
+    agnostic = bool(m.get("modality_agnostic", True))
+    if ":" in preset:
+        module, func = preset.split(":", 1)
+        return getattr(importlib.import_module(module), func)(modality_agnostic=agnostic,
+                                                              **kwargs)
+    from gradharmony.models import create_model
+
+    return create_model(preset, modality_agnostic=agnostic, **kwargs)
+
+
+def _text_table_size(model: torch.nn.Module) -> int | None:
+    sizes = [m.num_embeddings for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Embedding) and "text" in name.lower()
+             and "pos" not in name.lower()]
+    return max(sizes) if sizes else None
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:
+    """Load ``run_dir`` for evaluation; the model is put in eval mode on ``device``.
+
+    Raises ``ValueError``/``RuntimeError`` with the path when the run has no config, no
+    checkpoint, or a vocabulary that does not fit the model's word table.
+
+    Example:
+        >>> load_run("/nonexistent/run")
+        Traceback (most recent call last):
+        ...
+        ValueError: run directory '/nonexistent/run' does not exist
+    """
+    from omegaconf import OmegaConf
+
+    rdir = Path(run_dir)
+    if not rdir.is_dir():
+        raise ValueError(f"run directory {str(rdir)!r} does not exist")
+    cfg_path = rdir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ValueError(f"run {str(rdir)!r} has no config.yaml: not a gradharmony run directory")
+    config = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    ckpt_path = rdir / "checkpoints" / "last.pt"
+    if not ckpt_path.is_file():
+        raise RuntimeError(f"run {str(rdir)!r} has no checkpoint (checkpoints/last.pt): "
+                           "train it first (gradharmony pretrain) or point --run elsewhere")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"cannot read checkpoint {str(ckpt_path)!r}: {err}") from err
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise RuntimeError(f"checkpoint {str(ckpt_path)!r} holds no model state dict")
+    model = build_model(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise RuntimeError(f"checkpoint {str(ckpt_path)!r} does not fit the model of "
+                           f"config.yaml: {str(err).splitlines()[0]}") from err
+    tokenizer = None
+    vocab_path = rdir / "vocab.json"
+    if vocab_path.is_file():
+        from gradharmony.data.text import TextTokenizer
+
+        tokenizer = TextTokenizer.load(vocab_path)
+        table = _text_table_size(model) or config.get("data", {}).get("vocab_size")
+        if table is not None and tokenizer.vocab_size > int(table):
+            raise ValueError(f"vocabulary mismatch: {vocab_path} has {tokenizer.vocab_size} "
+                             f"words but the model's text embedding has {table} rows")
+    model.to(device).eval()
+    step = int(ckpt.get("step", 0)) if isinstance(ckpt, dict) else 0
+    return LoadedRun(rdir, config, model, tokenizer, step, ckpt_path)
