@@ -1,0 +1,642 @@
+"""Reading tri-modal WebDataset shards: mixtures, per-rank/per-worker sharding, skip counting.
+
+A shard is a tar file in the layout video2dataset writes: ``KEY.mp4`` (video with its audio
+track), ``KEY.txt`` (the narration) and ``KEY.json`` (``video_id``, ``start``, ``end``,
+``neighbors`` = narrations of the adjacent clips, nearest first, optional ``label``, ...).
+Members are grouped by key as WebDataset does (the key is the member path up to the first dot
+of its file name).
+
+**Sharding.** Every epoch the shard list of each set is permuted with ``(seed, set, epoch)``
+(training) or kept sorted (evaluation). With ``N = world_size * num_workers`` readers and
+reader ``g = rank * num_workers + worker``: when the set has at least
+``SHARDS_PER_READER * N`` shards, reader ``g`` reads shards ``g, g + N, ...`` of that order;
+otherwise every reader streams all the shards (reading tar bytes is cheap next to decoding)
+and keeps clips ``g, g + N, ...``. Either way each clip goes to exactly one reader per epoch.
+In training a shuffle buffer (deterministic for the seed) mixes clips of different shards.
+
+**Mixtures.** Each reader draws the set of its next clip i.i.d. with the sets' weights
+(from ``(seed, reader, draw)``). In infinite mode every set cycles through its own epochs; in
+epoch mode a set that is used up leaves the draw and the epoch ends when all are used up,
+so every clip is read exactly once. A set declared ``text=False`` (AudioSet-like) yields
+``has_text=False`` clips (no candidates) that feed ``L_va`` only; its ``.txt`` is ignored.
+
+**Bad samples** are skipped and counted by reason (:data:`SKIP_REASONS`): ``missing_video``,
+``missing_txt`` (text sets only), ``missing_json``, ``bad_json``, ``empty_text`` (a text
+set's clip whose own narration is empty: it is *skipped*, never turned into a text-free clip;
+declare the set ``text=False`` to train on such clips), ``corrupt_video``, ``too_short``,
+``bad_audio``, ``truncated_tar`` (the clips before the damage are kept). Each batch carries
+the counts met while it was built under ``skipped``; :class:`ClipLoader` sums them. A set
+that yields no usable clip at all is a ``RuntimeError`` naming its patterns.
+
+**Resuming.** Each batch records its reader's position (per set: epoch and clips drawn from
+the shuffle buffer; number of mixture draws). :meth:`ClipLoader.state_dict` keeps the
+latest position of every reader; after :meth:`ClipLoader.load_state_dict`, readers
+fast-forward through the tar streams without decoding and the batches continue exactly as
+the uninterrupted run would have produced them (infinite mode).
+
+Example:
+    >>> c = SkipCounter()
+    >>> c.add("too_short"); c.add("too_short"); c.add("missing_json")
+    >>> c.as_dict()
+    {'missing_json': 1, 'too_short': 2}
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import tarfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from gradharmony.data.collate import collate
+from gradharmony.data.decode import ClipSpec, SampleError, augment_frames, decode_clip_raw
+
+#: Stable strings under which skipped samples are counted.
+SKIP_REASONS = ("missing_video", "missing_txt", "missing_json", "bad_json", "empty_text",
+                "corrupt_video", "too_short", "bad_audio", "truncated_tar")
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
+#: Readers split a set by shards only when it has this many shards per reader or more (the
+#: readers' shares then differ by at most 1/8); otherwise they split it clip by clip.
+SHARDS_PER_READER = 8
+
+
+class SkipCounter:
+    """Counts of skipped samples by reason (a reason is any string; see :data:`SKIP_REASONS`).
+
+    Example:
+        >>> c = SkipCounter({"bad_audio": 2})
+        >>> c.update({"bad_audio": 1, "too_short": 1})
+        >>> c["bad_audio"], c.total
+        (3, 4)
+    """
+
+    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
+        self._counts: dict[str, int] = {}
+        if counts:
+            self.update(counts)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` more samples skipped for ``reason``."""
+        self._counts[reason] = self._counts.get(reason, 0) + int(n)
+
+    def update(self, counts: Mapping[str, int]) -> None:
+        """Add another counter (or dict) to this one."""
+        for reason, n in dict(counts).items():
+            self.add(reason, n)
+
+    def __getitem__(self, reason: str) -> int:
+        return self._counts.get(reason, 0)
+
+    @property
+    def total(self) -> int:
+        """Number of skipped samples over all reasons."""
+        return sum(self._counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        """Counts sorted by reason, zero counts omitted."""
+        return {r: n for r, n in sorted(self._counts.items()) if n}
+
+    def __repr__(self) -> str:
+        return f"SkipCounter({self.as_dict()})"
+
+
+@dataclass
+class ShardSet:
+    """A set of shards sampled with ``weight`` in a mixture.
+
+    Args:
+        patterns: shard paths or patterns: brace ranges (``data/train-{000..009}.tar``) and
+            globs (``data/*.tar``) are expanded; a pattern matching nothing is an error.
+        weight: relative sampling weight in a mixture (> 0).
+        text: False for a set without narration (AudioSet-like): ``has_text=False``.
+        name: used in messages and cache directory names.
+
+    Example:
+        >>> ShardSet("no/such/dir/*.tar").paths()
+        Traceback (most recent call last):
+        ...
+        ValueError: ShardSet: pattern 'no/such/dir/*.tar' matches no file
+    """
+
+    patterns: str | Sequence[str]
+    weight: float = 1.0
+    text: bool = True
+    name: str | None = None
+    _paths: list[str] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patterns, (str, os.PathLike)):
+            self.patterns = [str(self.patterns)]
+        self.patterns = [str(p) for p in self.patterns]
+        if not self.patterns:
+            raise ValueError("ShardSet: patterns is empty")
+        if not self.weight > 0:
+            raise ValueError(f"ShardSet {self.label}: weight must be > 0, got {self.weight}")
+
+    @property
+    def label(self) -> str:
+        """The name, or the patterns when unnamed."""
+        return self.name or ",".join(self.patterns)
+
+    def paths(self) -> list[str]:
+        """Sorted, de-duplicated shard paths."""
+        if self._paths is None:
+            from braceexpand import braceexpand
+
+            found: set[str] = set()
+            for pattern in self.patterns:
+                hits: list[str] = []
+                for p in braceexpand(pattern):
+                    if any(ch in p for ch in "*?["):
+                        hits += [h for h in glob.glob(p) if os.path.isfile(h)]
+                    elif os.path.isfile(p):
+                        hits.append(p)
+                if not hits:
+                    raise ValueError(f"ShardSet: pattern {pattern!r} matches no file")
+                found.update(hits)
+            self._paths = sorted(found)
+        return list(self._paths)
+
+
+def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]] | SampleError]:
+    """Stream a tar shard as ``(key, {extension: bytes})`` groups of consecutive members.
+
+    A damaged tar yields the complete groups before the damage, then one
+    ``SampleError("truncated_tar")`` (instead of raising).
+
+    Example:
+        >>> import io, tempfile
+        >>> d = tempfile.mkdtemp(); p = os.path.join(d, "s.tar")
+        >>> with tarfile.open(p, "w") as tar:
+        ...     for name, data in [("a.txt", b"hi"), ("a.json", b"{}"), ("b.txt", b"yo")]:
+        ...         info = tarfile.TarInfo(name); info.size = len(data)
+        ...         tar.addfile(info, io.BytesIO(data))
+        >>> [(k, sorted(f)) for k, f in iter_tar_groups(p)]
+        [('a', ['json', 'txt']), ('b', ['txt'])]
+    """
+    key, files = None, {}
+    try:
+        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, base = os.path.split(member.name)
+                if "." not in base:
+                    continue
+                stem, ext = base.split(".", 1)
+                k = os.path.join(dirname, stem) if dirname else stem
+                f = tar.extractfile(member)
+                data = f.read() if f is not None else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} is cut short")
+                if k != key:
+                    if key is not None:
+                        yield key, files
+                    key, files = k, {}
+                files[ext.lower()] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        yield SampleError("truncated_tar", f"{path}: {exc}")
+        return
+    if key is not None:
+        yield key, files
+
+
+@dataclass
+class _Item:
+    """A raw clip drawn from a set's stream, not decoded yet."""
+
+    set_index: int
+    epoch: int
+    index: int  # rank in this reader's stream of the set-epoch
+    key: str
+    payload: object  # dict of tar members, or a cache row
+
+
+class _Reader:
+    """One reader's view of a set: epochs of owned clips through a shuffle buffer."""
+
+    def __init__(self, ds: TriModalDataset, s: int, g: int, n: int, counter: SkipCounter):
+        self.ds, self.s, self.g, self.n = ds, s, g, n
+        self.counter = counter
+        self.source = ds.sources[s]
+        self.epoch = ds.epoch
+        self.emitted = 0
+        self.good_this_epoch = 0
+        self.dead = False
+        self.quiet = False
+        self._it: Iterator[_Item] | None = None
+
+    def _count(self, reason: str) -> None:
+        if not self.quiet:
+            self.counter.add(reason)
+
+    def _owned(self, epoch: int) -> Iterator[tuple[str, object]]:
+        ds, g, n = self.ds, self.g, self.n
+        if isinstance(self.source, TarSource):
+            paths = [self.source.paths[i] for i in ds.shard_order(self.s, epoch)]
+        else:
+            yield from self.source.rows(ds.shard_order(self.s, epoch), g, n)
+            return
+        per_shard = len(paths) >= SHARDS_PER_READER * n
+        mine = paths[g::n] if per_shard else paths
+        index = 0
+        for pos, path in enumerate(mine):
+            owner_of_shard = per_shard or pos % n == g
+            for group in iter_tar_groups(path):
+                if isinstance(group, SampleError):
+                    if owner_of_shard:
+                        self._count(group.reason)
+                    break
+                if not per_shard:
+                    index += 1
+                    if (index - 1) % n != g:
+                        continue
+                key, files = group
+                reason = self.source.check(files)
+                if reason:
+                    self._count(reason)
+                    continue
+                yield key, files
+
+    def _epoch_items(self, epoch: int) -> Iterator[_Item]:
+        ds = self.ds
+        raw = self._owned(epoch)
+        if ds.train and ds.shuffle_buffer > 1 and isinstance(self.source, TarSource):
+            raw = _shuffled(raw, ds.shuffle_buffer, np.random.default_rng(
+                [ds.seed, 3, self.s, epoch, self.g]))
+        for i, (key, payload) in enumerate(raw):
+            yield _Item(self.s, epoch, i, key, payload)
+
+    def start(self, epoch: int, emitted: int) -> None:
+        """Position the reader at ``emitted`` clips into ``epoch`` (no decoding, no counting)."""
+        self.epoch, self.emitted, self.good_this_epoch = epoch, 0, 0
+        self._it = self._epoch_items(epoch)
+        if emitted:
+            self.quiet = True
+            for _ in range(emitted):
+                if next(self._it, None) is None:
+                    break
+                self.emitted += 1
+            self.quiet = False
+            self.good_this_epoch = 1  # clips were decoded before the checkpoint
+
+    def next(self) -> _Item | None:
+        """The next clip, or None when the set is used up (epoch mode) or dead."""
+        if self._it is None:
+            self.start(self.epoch, 0)
+        while True:
+            item = next(self._it, None)
+            if item is not None:
+                self.emitted += 1
+                return item
+            if self.good_this_epoch == 0 or not self.ds.infinite:
+                self.dead = True
+                return None
+            self.start(self.epoch + 1, 0)
+
+
+def _shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
+    buf: list = []
+    for x in items:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        j = int(rng.integers(0, size))
+        buf[j], x = x, buf[j]
+        yield x
+    order = rng.permutation(len(buf))
+    for j in order:
+        yield buf[j]
+
+
+class TarSource:
+    """Clips of a :class:`ShardSet` read from its tar shards."""
+
+    def __init__(self, shard_set: ShardSet) -> None:
+        self.set = shard_set
+        self.paths = shard_set.paths()
+        self.size = len(self.paths)
+
+    def check(self, files: Mapping[str, bytes]) -> str | None:
+        """The skip reason of an incomplete sample, or None."""
+        if not any(e in files for e in VIDEO_EXTS):
+            return "missing_video"
+        if "json" not in files:
+            return "missing_json"
+        if self.set.text and "txt" not in files:
+            return "missing_txt"
+        return None
+
+    def load(self, item: _Item, spec: ClipSpec, train: bool, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, bool, str, dict]:
+        """Decode a clip: ``(uint8 frames, audio, has_audio, narration, meta)``."""
+        files = item.payload
+        try:
+            meta = json.loads(files["json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SampleError("bad_json", str(exc)) from None
+        if not isinstance(meta, dict):
+            raise SampleError("bad_json", f"expected an object, got {type(meta).__name__}")
+        text = ""
+        if self.set.text:
+            try:
+                text = files["txt"].decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise SampleError("empty_text", f"narration is not utf-8 ({exc})") from None
+            if not text:
+                raise SampleError("empty_text")
+        video = next(files[e] for e in VIDEO_EXTS if e in files)
+        frames, audio, has_audio = decode_clip_raw(video, spec, train=train, rng=rng)
+        return frames, audio, has_audio, text, meta
+
+
+def _label(meta: Mapping) -> int:
+    value = meta.get("label", -1)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+class TriModalDataset(IterableDataset):
+    """Iterable dataset of collated batches (use through :func:`make_loader`).
+
+    Yields batch dicts (``docs/architecture.md``) plus ``skipped`` (counts of the clips this
+    reader skipped since its previous batch) and the private ``_reader``/``_position``
+    entries that :class:`ClipLoader` removes.
+    """
+
+    def __init__(self, sets: Sequence[ShardSet], spec: ClipSpec, tokenizer, *,
+                 batch_size: int, k: int = 4, text_length: int = 16, train: bool = True,
+                 seed: int = 0, epoch: int = 0, infinite: bool = True, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 64, drop_last: bool = False,
+                 sources: Sequence | None = None) -> None:
+        super().__init__()
+        if not sets:
+            raise ValueError("TriModalDataset: no shard set given")
+        if batch_size < 1:
+            raise ValueError(f"TriModalDataset: batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"TriModalDataset: rank {rank} outside world_size {world_size}")
+        if tokenizer is None and any(s.text for s in sets):
+            raise ValueError("TriModalDataset: a tokenizer is needed for sets with narration "
+                             f"({[s.label for s in sets if s.text]})")
+        self.sets = list(sets)
+        self.sources = list(sources) if sources is not None else [TarSource(s) for s in sets]
+        self.spec, self.tokenizer = spec, tokenizer
+        self.batch_size, self.k, self.text_length = batch_size, k, text_length
+        self.train, self.seed, self.epoch, self.infinite = train, seed, epoch, infinite
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer, self.drop_last = shuffle_buffer, drop_last
+        self.resume: dict[int, dict] = {}
+        self.rotation = 0
+        weights = np.array([s.weight for s in self.sets], float)
+        self.weights = weights / weights.sum()
+
+    def shard_order(self, s: int, epoch: int) -> list[int]:
+        """Order of set ``s``'s shards (or cache rows) in ``epoch``: permuted when training."""
+        n = self.sources[s].size
+        if not self.train:
+            return list(range(n))
+        return [int(i) for i in np.random.default_rng([self.seed, 4, s, epoch]).permutation(n)]
+
+    def _sample(self, item: _Item) -> dict:
+        rng = np.random.default_rng([self.seed, 2, item.set_index, item.epoch, item.index,
+                                     self._g])
+        source = self.sources[item.set_index]
+        frames, audio, has_audio, text, meta = source.load(item, self.spec, self.train, rng)
+        video = augment_frames(frames, self.spec, train=self.train, rng=rng)
+        k, length = self.k, self.text_length
+        if self.sets[item.set_index].text:
+            neighbors = meta.get("neighbors") or []
+            if not isinstance(neighbors, list):
+                neighbors = []
+            ids, mask, cand = self.tokenizer.encode_candidates(text, neighbors, k, length)
+        else:
+            ids, mask = np.zeros((k, length), np.int64), np.zeros((k, length), bool)
+            cand = np.zeros(k, bool)
+        return {"video": video, "audio": audio, "text": ids, "text_mask": mask,
+                "candidate_mask": cand, "has_text": bool(self.sets[item.set_index].text),
+                "has_audio": has_audio, "label": _label(meta), "key": item.key, "meta": meta}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers = info.num_workers if info is not None else 1
+        physical = info.id if info is not None else 0
+        logical = (physical + self.rotation) % workers
+        g = self.rank * workers + logical
+        n = self.world_size * workers
+        self._g = g
+        counter = SkipCounter()
+        readers = [_Reader(self, s, g, n, counter) for s in range(len(self.sets))]
+        pos = self.resume.get(logical)
+        draws = 0
+        if pos is not None:
+            draws = int(pos["draws"])
+            for r, (epoch, emitted, dead) in zip(readers, pos["sets"]):
+                r.dead = bool(dead)
+                if not r.dead:
+                    r.start(int(epoch), int(emitted))
+        samples: list[dict] = []
+        while True:
+            alive = [r for r in readers if not r.dead]
+            if not alive:
+                break
+            if len(alive) == 1:
+                reader = alive[0]
+            else:
+                w = np.array([self.weights[r.s] for r in alive])
+                u = np.random.default_rng([self.seed, 1, g, draws]).random()
+                draws += 1
+                reader = alive[min(int(np.searchsorted(np.cumsum(w / w.sum()), u, "right")),
+                                   len(alive) - 1)]
+            item = reader.next()
+            if item is None:
+                continue
+            try:
+                samples.append(self._sample(item))
+            except SampleError as exc:
+                counter.add(exc.reason)
+                continue
+            reader.good_this_epoch += 1
+            if len(samples) == self.batch_size:
+                yield self._batch(samples, counter, readers, draws, logical)
+                samples, counter = [], _reset(counter)
+        if samples and not self.drop_last:
+            yield self._batch(samples, counter, readers, draws, logical)
+
+    def _batch(self, samples, counter, readers, draws, logical) -> dict:
+        batch = collate(samples)
+        batch["skipped"] = counter.as_dict()
+        batch["_reader"] = logical
+        batch["_position"] = {"draws": draws,
+                              "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}
+        return batch
+
+
+def _reset(counter: SkipCounter) -> SkipCounter:
+    """Empty ``counter`` in place (readers hold a reference to it) and return it."""
+    counter._counts.clear()
+    return counter
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class ClipLoader:
+    """A torch ``DataLoader`` over :class:`TriModalDataset` that tracks position and skips.
+
+    Iterate it for batches. ``skipped`` is the running :class:`SkipCounter`; ``batches`` the
+    number of batches consumed (in the current epoch in epoch mode, in total otherwise);
+    :meth:`state_dict` / :meth:`load_state_dict` resume exactly (see the module docstring).
+    """
+
+    def __init__(self, dataset: TriModalDataset, num_workers: int = 0,
+                 prefetch_factor: int = 2) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.skipped = SkipCounter()
+        self.batches = 0
+        self._positions: dict[int, dict] = {}
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration reads (epoch mode) or started from (infinite)."""
+        return self.dataset.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next iteration."""
+        self.dataset.epoch = int(epoch)
+        self.batches = 0
+        self._positions = {}
+
+    def state_dict(self) -> dict:
+        """Position to resume from: epoch, batches consumed, per-reader positions, skips."""
+        return {"epoch": self.dataset.epoch, "seed": self.dataset.seed,
+                "batches": self.batches, "readers": json.loads(json.dumps(self._positions)),
+                "skipped": self.skipped.as_dict()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from a :meth:`state_dict` (same seed, sets, workers and world size)."""
+        if int(state.get("seed", self.dataset.seed)) != self.dataset.seed:
+            raise ValueError(f"ClipLoader.load_state_dict: state was saved with seed "
+                             f"{state['seed']}, this loader has seed {self.dataset.seed}")
+        self.dataset.epoch = int(state["epoch"])
+        self.batches = int(state["batches"])
+        self._positions = {int(k): v for k, v in dict(state.get("readers", {})).items()}
+        self.skipped = SkipCounter(state.get("skipped", {}))
+
+    def __iter__(self) -> Iterator[dict]:
+        from torch.utils.data import DataLoader
+
+        ds = self.dataset
+        ds.resume = dict(self._positions)
+        workers = max(1, self.num_workers)
+        ds.rotation = self.batches % workers
+        kwargs = {}
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kwargs)
+        for batch in loader:
+            self._positions[int(batch.pop("_reader"))] = batch.pop("_position")
+            self.skipped.update(batch["skipped"])
+            self.batches += 1
+            if ds.infinite:
+                self._check_dead_sets(workers)
+            yield batch
+        if ds.infinite or self.batches == 0:
+            labels = "; ".join(s.label for s in ds.sets)
+            raise RuntimeError(f"shard set(s) {labels} yielded no usable clip "
+                               f"(skipped: {self.skipped.as_dict() or 'nothing'})")
+        self.set_epoch(ds.epoch + 1)
+
+    def _check_dead_sets(self, workers: int) -> None:
+        if len(self._positions) < workers:
+            return
+        for s, shard_set in enumerate(self.dataset.sets):
+            if all(p["sets"][s][2] for p in self._positions.values()):
+                raise RuntimeError(f"shard set {shard_set.label} yielded no usable clip on "
+                                   f"rank {self.dataset.rank} (skipped so far: "
+                                   f"{self.skipped.as_dict() or 'nothing'})")
+
+    def __len__(self) -> int:  # pragma: no cover - iterable length is unknown
+        raise TypeError("ClipLoader has no length: clips are streamed")
+
+
+def _as_sets(sets) -> list[ShardSet]:
+    if isinstance(sets, (ShardSet, str, os.PathLike)):
+        sets = [sets]
+    out = [s if isinstance(s, ShardSet) else ShardSet(str(s)) for s in sets]
+    if not out:
+        raise ValueError("make_loader: no shard set given")
+    return out
+
+
+def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_size: int,
+                k: int = 4, text_length: int = 16, train: bool = True, seed: int = 0,
+                epoch: int = 0, infinite: bool | None = None, rank: int | None = None,
+                world_size: int | None = None, num_workers: int = 0,
+                shuffle_buffer: int = 64, drop_last: bool = False,
+                cache_dir: str | os.PathLike | None = None) -> ClipLoader:
+    """A :class:`ClipLoader` over one shard set or a weighted mixture of them.
+
+    Args:
+        sets: a :class:`ShardSet`, a pattern string, or a list of them (a mixture).
+        spec: clip sizes (:class:`ClipSpec`; default ``ClipSpec()``).
+        tokenizer: a :class:`~gradharmony.data.text.TextTokenizer` or the path of a saved one;
+            required when a set has narration.
+        batch_size: clips per batch on this rank.
+        k, text_length: candidate narrations per clip and tokens per narration.
+        train: random window, crop and flip, shard permutation and shuffle buffer; else the
+            centred window and crop, shards in sorted order.
+        seed, epoch: everything random derives from them (and the rank and reader).
+        infinite: cycle the sets forever (default: ``train``); else yield one epoch per
+            iteration, then move to the next epoch.
+        rank, world_size: the DDP position (default: from ``torch.distributed`` when
+            initialised, else 0 and 1). Every rank must use the same seed and sets.
+        num_workers: ``DataLoader`` worker processes (0 decodes in this process).
+        drop_last: in epoch mode, drop each reader's last incomplete batch.
+        cache_dir: train from the decoded-clip cache (:mod:`gradharmony.data.cache`), built in
+            this directory on first use.
+
+    Example:
+        >>> make_loader("no/such/*.tar", batch_size=2)
+        Traceback (most recent call last):
+        ...
+        ValueError: ShardSet: pattern 'no/such/*.tar' matches no file
+    """
+    sets = _as_sets(sets)
+    spec = spec or ClipSpec()
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from gradharmony.data.text import TextTokenizer
+
+        tokenizer = TextTokenizer.load(tokenizer)
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        else:
+            rank, world_size = 0, 1
+    sources = None
+    if cache_dir is not None:
+        from gradharmony.data.cache import open_cache
+
+        sources = [open_cache(s, spec, cache_dir) for s in sets]
+    else:
+        for s in sets:
+            s.paths()
+    dataset = TriModalDataset(
+        sets, spec, tokenizer, batch_size=batch_size, k=k, text_length=text_length,
+        train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
+        rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
+        sources=sources)
+    return ClipLoader(dataset, num_workers=num_workers)

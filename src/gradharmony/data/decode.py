@@ -1,0 +1,319 @@
+"""Decoding one clip with PyAV: frames at a target fps, resize + crop, audio at a target rate.
+
+The spatial pipeline is the same for live decoding and for the decoded-clip cache
+(:mod:`gradharmony.data.cache`): every frame is resized so that its short side is
+``spec.size``, the central ``size x size`` square is kept (stored as uint8), and the
+augmentation then takes a ``crop x crop`` window from it (random position + horizontal flip
+in training, the centre in evaluation) and converts it to float32 in [0, 1].
+
+Temporally, the clip window lasts ``spec.seconds``; in training its start is uniform over the
+video's duration, in evaluation the window is centred. Inside the window, ``spec.frames``
+target times ``start + j / spec.fps`` are each given the decoded frame with the nearest
+timestamp (ties go to the earlier frame). A video shorter than ``spec.seconds - 1 / spec.fps``
+is rejected as ``too_short``. The audio track is resampled to mono ``spec.audio_rate`` with
+:class:`av.AudioResampler`, then cut or zero-padded to ``spec.audio_samples``; a file without
+an audio track gets silence and ``has_audio=False``.
+
+Example:
+    >>> spec = ClipSpec(frames=4, fps=2.0, size=8, crop=6, audio_rate=8000, seconds=2.0)
+    >>> spec.audio_samples
+    16000
+    >>> frames = np.zeros((4, 8, 8, 3), np.uint8)
+    >>> augment_frames(frames, spec, train=False).shape
+    (4, 6, 6, 3)
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: Stable reasons under which a decoding failure is counted (see :class:`SampleError`).
+DECODE_REASONS = ("corrupt_video", "too_short", "bad_audio")
+
+
+class SampleError(Exception):
+    """A sample that cannot be used; ``reason`` is a stable string counted by the loader.
+
+    Example:
+        >>> SampleError("too_short", "2.0 s needed").reason
+        'too_short'
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Sizes of a decoded clip.
+
+    Args:
+        frames: number of frames T.
+        fps: target frame rate of the sampled frames.
+        size: short side after resizing; the central ``size x size`` square is kept.
+        crop: side of the final crop (``crop <= size``).
+        audio_rate: target audio sample rate (Hz), mono.
+        seconds: clip length; the audio has ``round(seconds * audio_rate)`` samples and the
+            frames span ``(frames - 1) / fps`` seconds, which must fit inside it.
+
+    Example:
+        >>> ClipSpec().frames, ClipSpec().crop, ClipSpec().audio_samples
+        (16, 64, 32000)
+        >>> ClipSpec(frames=40, fps=8.0, seconds=2.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: ClipSpec: 40 frames at 8.0 fps span 4.875 s, longer than seconds=2.0
+    """
+
+    frames: int = 16
+    fps: float = 8.0
+    size: int = 72
+    crop: int = 64
+    audio_rate: int = 16000
+    seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("frames", "size", "crop", "audio_rate"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ClipSpec: {name} must be >= 1, got {getattr(self, name)}")
+        if self.fps <= 0 or self.seconds <= 0:
+            raise ValueError(f"ClipSpec: fps and seconds must be > 0, got {self.fps}, "
+                             f"{self.seconds}")
+        if self.crop > self.size:
+            raise ValueError(f"ClipSpec: crop={self.crop} is larger than size={self.size}")
+        span = (self.frames - 1) / self.fps
+        if span > self.seconds + 1e-9:
+            raise ValueError(f"ClipSpec: {self.frames} frames at {self.fps} fps span {span} s, "
+                             f"longer than seconds={self.seconds}")
+
+    @property
+    def audio_samples(self) -> int:
+        """Number of audio samples of a clip."""
+        return int(round(self.seconds * self.audio_rate))
+
+    def to_dict(self) -> dict:
+        """Plain dict (for configs and cache keys)."""
+        return asdict(self)
+
+
+def _resize_square(frame, size: int) -> np.ndarray:
+    """Resize an ``av.VideoFrame`` to short side ``size`` and keep the central square (uint8)."""
+    w, h = frame.width, frame.height
+    if w <= h:
+        nw, nh = size, max(size, int(round(h * size / w)))
+    else:
+        nw, nh = max(size, int(round(w * size / h))), size
+    img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="AREA")
+    arr = img.to_ndarray()
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+
+
+def _window_start(duration: float | None, spec: ClipSpec, train: bool,
+                  rng: np.random.Generator | None) -> float:
+    if duration is None or duration <= spec.seconds:
+        return 0.0
+    slack = duration - spec.seconds
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        return float(rng.uniform(0.0, slack))
+    return slack / 2
+
+
+def _stream_duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def decode_clip_raw(data: bytes, spec: ClipSpec, *, train: bool = False,
+                    rng: np.random.Generator | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Decode an mp4 (bytes) into uint8 frames ``[T, size, size, 3]`` and float32 audio ``[S]``.
+
+    Returns ``(frames, audio, has_audio)``. Raises :class:`SampleError` with reason
+    ``corrupt_video`` (cannot open / no video stream / no frame decodes), ``too_short`` (the
+    video does not cover the clip) or ``bad_audio`` (an audio track that does not decode).
+    The window start is drawn from ``rng`` when ``train`` (see the module docstring).
+
+    Example:
+        >>> decode_clip_raw(b"not an mp4", ClipSpec())
+        Traceback (most recent call last):
+        ...
+        gradharmony.data.decode.SampleError: corrupt_video: cannot open container...
+    """
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:  # noqa: BLE001 - any FFmpeg failure means a corrupt file
+        raise SampleError("corrupt_video", f"cannot open container ({exc})") from None
+    try:
+        return _decode_open(container, spec, train, rng)
+    finally:
+        container.close()
+
+
+def _decode_open(container, spec: ClipSpec, train: bool, rng):
+    import av
+
+    if not container.streams.video:
+        raise SampleError("corrupt_video", "no video stream")
+    vstream = container.streams.video[0]
+    astream = container.streams.audio[0] if container.streams.audio else None
+    duration = _stream_duration(container, vstream)
+    period = 1.0 / spec.fps
+    if duration is not None and duration < spec.seconds - period:
+        raise SampleError("too_short", f"video lasts {duration:.3f} s, clip needs {spec.seconds} s")
+    start = _window_start(duration, spec, train, rng)
+    targets = start + np.arange(spec.frames) / spec.fps
+    picked: list[np.ndarray] = []
+    prev = None  # (time, frame)
+    v0 = None
+    n_audio = spec.audio_samples
+    a_first = int(round(start * spec.audio_rate))
+    audio_chunks: list[np.ndarray] = []
+    audio_have = 0
+    a0 = None
+    resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.audio_rate)
+                 if astream is not None else None)
+    audio_done = astream is None
+    streams = [vstream] + ([astream] if astream is not None else [])
+
+    def take_video(frame) -> None:
+        nonlocal prev, v0
+        t = float(frame.time) if frame.time is not None else 0.0
+        if v0 is None:
+            v0 = t
+        t -= v0
+        while len(picked) < spec.frames and t >= targets[len(picked)]:
+            tj = targets[len(picked)]
+            if prev is not None and tj - prev[0] <= t - tj:
+                picked.append(_resize_square(prev[1], spec.size))
+            else:
+                picked.append(_resize_square(frame, spec.size))
+        prev = (t, frame)
+
+    def take_audio(frame) -> None:
+        nonlocal audio_have, a0, audio_done
+        if a0 is None:
+            t = float(frame.time) if frame.time is not None else 0.0
+            a0 = t - (v0 or 0.0)
+        for out in resampler.resample(frame):
+            arr = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            audio_chunks.append(arr)
+            audio_have += arr.size
+        if audio_have >= a_first + n_audio + int(round((a0 or 0) * spec.audio_rate)) + 1:
+            audio_done = True
+
+    try:
+        for packet in container.demux(*streams):
+            is_video = packet.stream.index == vstream.index
+            if not is_video and audio_done:
+                continue
+            try:
+                frames = packet.decode()
+            except Exception as exc:  # noqa: BLE001
+                if is_video:
+                    raise SampleError("corrupt_video", f"video packet ({exc})") from None
+                raise SampleError("bad_audio", f"audio packet ({exc})") from None
+            for frame in frames:
+                if is_video:
+                    take_video(frame)
+                else:
+                    try:
+                        take_audio(frame)
+                    except SampleError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        raise SampleError("bad_audio", f"resampling ({exc})") from None
+            if len(picked) == spec.frames and audio_done:
+                break
+    except SampleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - demuxing errors: a damaged container
+        if len(picked) < spec.frames:
+            raise SampleError("corrupt_video", f"demux ({exc})") from None
+    if prev is None:
+        raise SampleError("corrupt_video", "no frame decodes")
+    while len(picked) < spec.frames:
+        tj = targets[len(picked)]
+        if tj - prev[0] > period:
+            raise SampleError("too_short", f"last frame at {prev[0]:.3f} s, clip needs "
+                                           f"{targets[-1]:.3f} s")
+        picked.append(_resize_square(prev[1], spec.size))
+    frames = np.stack(picked)
+    if astream is None:
+        return frames, np.zeros(n_audio, np.float32), False
+    if resampler is not None and not audio_done:
+        try:
+            for out in resampler.resample(None):
+                audio_chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
+        except Exception as exc:  # noqa: BLE001
+            raise SampleError("bad_audio", f"flushing ({exc})") from None
+    if not audio_chunks:
+        raise SampleError("bad_audio", "the audio track decodes to no sample")
+    wave = np.concatenate(audio_chunks)
+    lead = int(round((a0 or 0.0) * spec.audio_rate))
+    first = a_first - lead
+    audio = np.zeros(n_audio, np.float32)
+    lo, hi = max(first, 0), min(first + n_audio, wave.size)
+    if hi > lo:
+        audio[lo - first:hi - first] = wave[lo:hi]
+    return frames, np.clip(audio, -1.0, 1.0), True
+
+
+def augment_frames(frames: np.ndarray, spec: ClipSpec, *, train: bool,
+                   rng: np.random.Generator | None = None) -> np.ndarray:
+    """Crop uint8 ``[T, size, size, 3]`` frames to float32 ``[T, crop, crop, 3]`` in [0, 1].
+
+    Training: one random crop position and a horizontal flip with probability 1/2, shared by
+    all frames of the clip. Evaluation: the centre crop.
+
+    Example:
+        >>> spec = ClipSpec(frames=1, fps=1.0, size=4, crop=2, seconds=1.0)
+        >>> x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1).repeat(3, -1)
+        >>> np.round(augment_frames(x, spec, train=False)[0, :, :, 0] * 255)
+        array([[ 5.,  6.],
+               [ 9., 10.]], dtype=float32)
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"augment_frames: frames must be [T, H, W, 3], got {frames.shape}")
+    h, w = frames.shape[1], frames.shape[2]
+    c = spec.crop
+    if h < c or w < c:
+        raise ValueError(f"augment_frames: frames {h}x{w} are smaller than crop={c}")
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        top = int(rng.integers(0, h - c + 1))
+        left = int(rng.integers(0, w - c + 1))
+        flip = bool(rng.random() < 0.5)
+    else:
+        top, left, flip = (h - c) // 2, (w - c) // 2, False
+    out = frames[:, top:top + c, left:left + c]
+    if flip:
+        out = out[:, :, ::-1]
+    return out.astype(np.float32) / np.float32(255.0)
+
+
+def decode_clip(data: bytes, spec: ClipSpec, *, train: bool = False,
+                rng: np.random.Generator | None = None
+                ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Decode and augment: float32 frames ``[T, crop, crop, 3]`` in [0, 1], audio ``[S]``.
+
+    Returns ``(video, audio, has_audio)``; errors as :func:`decode_clip_raw`.
+
+    Example:
+        >>> decode_clip(b"", ClipSpec())
+        Traceback (most recent call last):
+        ...
+        gradharmony.data.decode.SampleError: corrupt_video: cannot open container...
+    """
+    frames, audio, has_audio = decode_clip_raw(data, spec, train=train, rng=rng)
+    return augment_frames(frames, spec, train=train, rng=rng), audio, has_audio
