@@ -24,6 +24,7 @@ import importlib
 import shutil
 import sys
 import time
+import warnings
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,6 +47,9 @@ from gradharmony.train.config import ConfigError, parse_granularity, run_path, v
 from gradharmony.train.distributed import DistContext, all_sum, setup
 from gradharmony.train.rundir import RunLog, truncate_metrics
 from gradharmony.train.schedule import make_scheduler
+
+
+EMBEDDINGS = ("video_va", "audio_va", "video_vt", "text_vt")
 
 
 class NonFiniteError(RuntimeError):
@@ -92,6 +96,13 @@ def cma_losses(out: dict, batch: dict, temperature: float) -> dict[str, torch.Te
     loss_vt = mil_nce(out["video_vt"].float(), out["text_vt"].float(), temperature=temperature,
                       candidate_mask=batch["candidate_mask"], sample_mask=batch["has_text"])
     return {"va": loss_va, "vt": loss_vt}
+
+
+def _advance(scheduler) -> None:
+    # the schedule follows steps, not optimizer updates: skipped steps advance it too
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
 
 
 def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
@@ -222,9 +233,11 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 out = forward(batch)
-            losses = cma_losses(out, batch, cfg.model.temperature)
-            total = losses["va"].detach() + losses["vt"].detach()
-            finite = bool(torch.isfinite(total))
+            finite = all(bool(torch.isfinite(out[k]).all()) for k in EMBEDDINGS)
+            losses = cma_losses(out, batch, cfg.model.temperature) if finite else {}
+            total = (losses["va"].detach() + losses["vt"].detach()) if finite else \
+                torch.tensor(float("nan"))
+            finite = finite and bool(torch.isfinite(total))
             stats = None
             if finite:
                 stats = harm.backward(losses, step=step)
@@ -243,7 +256,7 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
                         f"{streak} steps in a row (max_nonfinite={cfg.max_nonfinite}) had a "
                         f"non-finite loss or gradient, last at step {step}; stopping. The last "
                         f"good checkpoint is {rdir / 'checkpoints' / 'last.pt'}.")
-                scheduler.step()
+                _advance(scheduler)
                 bar.update(1)
                 continue
             streak = 0
@@ -254,7 +267,7 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             else:
                 optimizer.step()
             lr = scheduler.get_last_lr()[0]
-            scheduler.step()
+            _advance(scheduler)
 
             n_clips = int(batch["video"].shape[0]) * ctx.world_size
             clips_total += n_clips
@@ -267,8 +280,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             window["groups"] += kept.numel()
             window["clips"] += n_clips
             window["loss"].append(float(total))
-            window["va"].append(float(losses["va"]))
-            window["vt"].append(float(losses["vt"]))
+            window["va"].append(float(losses["va"].detach()))
+            window["vt"].append(float(losses["vt"].detach()))
             if log is not None and cfg.conflicts_every and step % cfg.conflicts_every == 0:
                 log.conflicts(step, cos)
 
