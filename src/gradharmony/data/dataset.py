@@ -334,10 +334,8 @@ class TarSource:
             return "missing_txt"
         return None
 
-    def load(self, item: _Item, spec: ClipSpec, train: bool, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, bool, str, dict]:
-        """Decode a clip: ``(uint8 frames, audio, has_audio, narration, meta)``."""
-        files = item.payload
+    def parse(self, files: Mapping[str, bytes]) -> tuple[dict, str]:
+        """``(meta, narration)`` of a sample; ``bad_json`` / ``empty_text`` errors."""
         try:
             meta = json.loads(files["json"].decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -352,6 +350,13 @@ class TarSource:
                 raise SampleError("empty_text", f"narration is not utf-8 ({exc})") from None
             if not text:
                 raise SampleError("empty_text")
+        return meta, text
+
+    def load(self, item: _Item, spec: ClipSpec, train: bool, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray, bool, str, dict]:
+        """Decode a clip: ``(uint8 frames, audio, has_audio, narration, meta)``."""
+        files = item.payload
+        meta, text = self.parse(files)
         video = next(files[e] for e in VIDEO_EXTS if e in files)
         frames, audio, has_audio = decode_clip_raw(video, spec, train=train, rng=rng)
         return frames, audio, has_audio, text, meta
@@ -634,9 +639,14 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
     else:
         for s in sets:
             s.paths()
+    skipped = SkipCounter()
+    for source in sources or []:
+        skipped.update(source.skipped)
     dataset = TriModalDataset(
         sets, spec, tokenizer, batch_size=batch_size, k=k, text_length=text_length,
         train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
         sources=sources)
-    return ClipLoader(dataset, num_workers=num_workers)
+    loader = ClipLoader(dataset, num_workers=num_workers)
+    loader.skipped = skipped
+    return loader
