@@ -68,10 +68,12 @@ def comparison_table(
     rows: list[tuple[str, Mapping[str, float]]],
     columns: list[str] | None = None,
     headers: Mapping[str, str] | None = None,
+    mark_best: bool = True,
 ) -> str:
     """Markdown table: one row per configuration label, mean ± sample std over its runs
     (n shown in the first column), the best mean of each column in **bold** (lowest for
-    median ranks and losses, highest otherwise). A configuration without a column shows "–".
+    median ranks and losses, highest otherwise; ``mark_best=False`` for descriptive columns).
+    A configuration without a column shows "–".
 
     Example:
         >>> print(comparison_table([("base", {"R@10": 10.0}), ("gr", {"R@10": 20.0}),
@@ -104,6 +106,6 @@ def comparison_table(
                 continue
             text = _fmt(vals)
             is_best = math.isclose(float(np.mean(vals)), best[col], rel_tol=1e-12, abs_tol=1e-12)
-            cells.append(f"**{text}**" if is_best and len(groups) > 1 else text)
+            cells.append(f"**{text}**" if mark_best and is_best and len(groups) > 1 else text)
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""Assembling ``report.md`` and its figures from run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gradharmony.report.figures import (
+    plot_conflict_distribution,
+    plot_contact_sheet,
+    plot_cosine_histograms,
+    plot_tsne,
+)
+from gradharmony.report.runs import RunRecord, label_runs, pooled_cosines, read_run
+from gradharmony.report.table import comparison_table, flatten_metrics
+
+#: Table 1 columns (in order) and their headers; other numeric eval entries are ignored
+TABLE_COLUMNS = {
+    "retrieval/video_to_text/R@1": "V→T R@1",
+    "retrieval/video_to_text/R@10": "V→T R@10",
+    "retrieval/video_to_text/MedR": "V→T MedR",
+    "retrieval/text_to_video/R@1": "T→V R@1",
+    "retrieval/text_to_video/R@10": "T→V R@10",
+    "retrieval/text_to_video/MedR": "T→V MedR",
+    "probe/video_action/top1": "action probe top-1",
+    "probe/video_action/top5": "action probe top-5",
+    "probe/audio_sound/top1": "sound probe top-1",
+    "probe/audio_sound/top5": "sound probe top-5",
+    "finetune/video_action/top1": "action FT top-1",
+    "finetune/video_action/top5": "action FT top-5",
+    "finetune/audio_sound/top1": "sound FT top-1",
+    "finetune/audio_sound/top5": "sound FT top-5",
+}
+TRAIN_COLUMNS = {"loss_va": "final L_va", "loss_vt": "final L_vt", "cos_mean": "mean cos",
+                 "kept_frac": "kept", "clips_per_s": "clips/s"}
+
+
+def _first_by_label(runs, labels):
+    seen: dict[str, RunRecord] = {}
+    for r, lab in zip(runs, labels):
+        seen.setdefault(lab, r)
+    return seen
+
+
+def _contact_items(run: RunRecord) -> dict[str, list[dict]]:
+    groups = {}
+    n = len(run.scores)
+    for end, name in (("top", "top 5% (aligned)"), ("bottom", "bottom 5% (conflicting)")):
+        frames, index = run.examples.get(f"{end}_frames"), run.examples.get(f"{end}_index")
+        if frames is None or index is None:
+            return {}
+        items = []
+        for f, i in list(zip(frames, index))[:4]:
+            row = run.scores[int(i)] if int(i) < n else {}
+            flags = {k: row[k] for k in ("text_aligned", "audio_aligned") if k in row}
+            items.append({"frames": f.astype(float) / 255.0, "text": row.get("text", "?"),
+                          "cos": float(row.get("cos", np.nan)), "flags": flags})
+        groups[name] = items
+    return groups
+
+
+def _protocol_notes(runs: list[RunRecord]) -> list[str]:
+    notes = []
+    for r in runs:
+        ret = r.eval.get("retrieval", {}).get("protocol")
+        if ret:
+            notes.append(f"- retrieval ({r.dir.name}): {ret.get('n')} clips of "
+                         f"`{ret.get('split')}`, {ret.get('windows')} window(s) per clip; "
+                         f"ties: {ret.get('tie_rule')}.")
+        for task in ("probe", "finetune"):
+            for name, m in r.eval.get(task, {}).items():
+                p = m.get("protocol", {})
+                extra = f", C={p['C']}" if "C" in p else f", {p.get('epochs')} epochs"
+                notes.append(f"- {task} {name} ({r.dir.name}): {p.get('split')}, "
+                             f"n_train={p.get('n_train')}, n_test={p.get('n_test')}{extra}.")
+        if notes:
+            break  # the protocol is shared; list it once
+    return notes
+
+
+def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> Path:
+    """Write ``out/report.md`` and its PNGs for the given runs; return the markdown path."""
+    if not run_dirs:
+        raise ValueError("no run directory given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [read_run(d) for d in run_dirs]
+    labels = label_runs(runs)
+    md = ["# gradharmony report", "",
+          "Runs: " + ", ".join(f"`{r.dir}` ({lab}, seed {r.seed})"
+                               for r, lab in zip(runs, labels)), ""]
+
+    md += ["## Downstream results (Table 1)", ""]
+    rows = [(lab, flatten_metrics(r.eval)) for r, lab in zip(runs, labels) if r.eval]
+    cols = [c for c in TABLE_COLUMNS if any(c in m for _, m in rows)]
+    if cols:
+        md += [comparison_table(rows, cols, TABLE_COLUMNS), "",
+               "Mean ± sample std over the runs of a configuration (n = runs); best per column "
+               "in **bold** (lowest median rank, highest otherwise). R@K and top-k in percent.",
+               ""]
+        md += ["Protocol:", *_protocol_notes(runs), ""]
+    else:
+        md += ["No `eval.json` in these runs: run `gradharmony eval --run RUN` first.", ""]
+
+    train_rows = []
+    for r, lab in zip(runs, labels):
+        logged = [m for m in r.metrics if "loss_va" in m]
+        if logged:
+            train_rows.append((lab, {k: float(logged[-1][k]) for k in TRAIN_COLUMNS
+                                     if isinstance(logged[-1].get(k), (int, float))}))
+    if train_rows:
+        tcols = [c for c in TRAIN_COLUMNS if any(c in m for _, m in train_rows)]
+        md += ["## Training (last logged window)", "",
+               comparison_table(train_rows, tcols, TRAIN_COLUMNS, mark_best=False), ""]
+
+    figs = []
+    with_cos = [(r, lab) for r, lab in zip(runs, labels) if r.conflicts]
+    if with_cos:
+        series, pooled = {}, {}
+        for lab in dict.fromkeys(lab for _, lab in with_cos):
+            confs = [r.conflicts for r, lb in with_cos if lb == lab]
+            series[lab] = pooled_cosines(confs)
+            pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
+        figs.append(("Figure 4: cos(g_va, g_vt) across training iterations",
+                     plot_conflict_distribution(series, out / "fig4_conflicts.png")))
+        figs.append(("Distribution of all logged cosines",
+                     plot_cosine_histograms(pooled, out / "fig4_histogram.png")))
+    for lab, r in _first_by_label(runs, labels).items():
+        items = _contact_items(r) if r.scores else {}
+        if items:
+            name = f"fig3_contact_{lab.replace(' ', '_').replace('/', '-')}.png"
+            figs.append((f"Figure 3 ({lab}): most and least aligned triplets by cos(g_va, g_vt)",
+                         plot_contact_sheet(items, out / name,
+                                            title=f"{lab}: top and bottom 5% by cos(g_va, g_vt)")))
+    emb = {lab: (r.embeddings["video_vt"], r.embeddings["text_vt"])
+           for lab, r in _first_by_label(runs, labels).items() if "video_vt" in r.embeddings}
+    if emb:
+        figs.append(("Figure 5: t-SNE of video and text embeddings (retrieval split, seeded)",
+                     plot_tsne(emb, out / "fig5_tsne.png", seed=seed)))
+    md += ["## Figures", ""]
+    for caption, path in figs:
+        md += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    if not figs:
+        md += ["No figure: the runs have no conflicts/, scores.jsonl or eval embeddings.", ""]
+
+    scored = [(r, lab) for r, lab in zip(runs, labels)
+              if (r.dir / "scores.summary.json").is_file()]
+    if scored:
+        import json
+
+        md += ["## Alignment scoring: AUROC for detecting misaligned triplets", "",
+               "| run | target | score | AUROC | 95% CI |", "|---|---|---|---|---|"]
+        for r, lab in scored:
+            s = json.loads((r.dir / "scores.summary.json").read_text())
+            for target, scores in s.get("auroc", {}).items():
+                for name, a in scores.items():
+                    md.append(f"| {lab} | {target} | {name} | {a['auroc']:.3f} | "
+                              f"[{a['low']:.3f}, {a['high']:.3f}] |")
+        md.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
