@@ -41,7 +41,7 @@ def standin(modality_agnostic=True, **kwargs):
 
 
 STANDIN_OVERRIDES = [
-    "data.kind=random", "data.frames=2", "data.size=4", "data.audio_rate=16",
+    "data.kind=random", "data.frames=2", "data.size=4", "data.crop=4", "data.audio_rate=16",
     "data.clip_seconds=2", "data.text_len=3", "data.candidates=2", "data.vocab_size=20",
     "model.preset=test_train_standin:standin", "model.kwargs.frames=2", "model.kwargs.size=4",
     "model.kwargs.samples=32", "model.kwargs.vocab=20", "optim.lr=0.01", "optim.min_lr=0.001",

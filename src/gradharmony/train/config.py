@@ -49,21 +49,29 @@ class DataConfig:
     """Where the triplets come from and how clips are sampled.
 
     ``kind=random`` draws batches of random tensors shaped like the real batch dict (no I/O):
-    for throughput measurements and smoke tests only.
+    for throughput measurements and smoke tests only. ``vocab`` is a vocabulary file
+    (``gradharmony build-vocab``); when unset it is built from the text sets' narrations into
+    the run directory. ``vocab_size`` is used by ``kind=random`` only. Clips: ``frames`` at
+    ``fps``, resized to ``size`` and cropped to ``crop`` pixels, ``clip_seconds`` of audio at
+    ``audio_rate``; ``candidates`` narrations of ``text_len`` tokens. ``cache_dir`` trains from
+    the decoded-clip cache (built there on first use).
     """
 
     kind: str = "shards"
     mixture: list[SourceConfig] = field(default_factory=list)
     vocab: str | None = None
+    vocab_size: int = 1000
     num_workers: int = 0
+    cache_dir: str | None = None
+    shuffle_buffer: int = 64
     frames: int = 16
     fps: float = 8.0
-    size: int = 64
+    size: int = 72
+    crop: int = 64
     audio_rate: int = 16000
     clip_seconds: float = 2.0
     text_len: int = 16
     candidates: int = 4
-    vocab_size: int = 1000
 
 
 @dataclass
@@ -244,6 +252,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(d.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}, got {d.kind!r}")
     need(d.candidates >= 1, "data.candidates", "must be >= 1")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(0 < d.crop <= d.size, "data.crop", f"must lie in [1, data.size={d.size}]")
     if d.kind == "shards":
         need(len(d.mixture) > 0, "data.mixture", "no shard set given (data.mixture is empty)")
         for i, src in enumerate(d.mixture):

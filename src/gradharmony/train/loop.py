@@ -48,7 +48,6 @@ from gradharmony.train.distributed import DistContext, all_sum, setup
 from gradharmony.train.rundir import RunLog, truncate_metrics
 from gradharmony.train.schedule import make_scheduler
 
-
 EMBEDDINGS = ("video_va", "audio_va", "video_vt", "text_vt")
 
 
@@ -56,12 +55,29 @@ class NonFiniteError(RuntimeError):
     """Raised when ``max_nonfinite`` steps in a row had a non-finite loss or gradient."""
 
 
-def build_model(cfg: DictConfig) -> torch.nn.Module:
+def model_overrides(cfg: DictConfig, vocab_size: int) -> dict:
+    """Fields of the VATT config that follow from the data: input sizes and the vocabulary.
+
+    Example:
+        >>> from gradharmony.train.config import load_config
+        >>> o = model_overrides(load_config(overrides=["data.kind=random"]), vocab_size=50)
+        >>> o["video_size"], o["audio_rate"], o["vocab_size"]
+        (64, 16000, 50)
+    """
+    d = cfg.data
+    return {"video_frames": d.frames, "video_size": d.crop, "audio_seconds": d.clip_seconds,
+            "audio_rate": d.audio_rate, "max_words": d.text_len,
+            "num_candidates": d.candidates, "vocab_size": vocab_size,
+            "grad_checkpointing": cfg.grad_checkpointing}
+
+
+def build_model(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Module:
     """The model named by ``cfg.model.preset``.
 
-    A preset name goes to ``gradharmony.models.create_model``; ``"package.module:function"``
-    calls that function instead (your own model: it must follow the model output contract of
-    docs/architecture.md). ``cfg.model.kwargs`` are passed through in both cases.
+    A preset name goes to ``gradharmony.models.create_model`` with the input sizes of
+    ``cfg.data`` (:func:`model_overrides`); ``"package.module:function"`` calls that function
+    instead (your own model, following the model output contract of docs/architecture.md).
+    ``cfg.model.kwargs`` are passed in both cases and win over the data-derived sizes.
     """
     kwargs = dict(OmegaConf.to_container(cfg.model.kwargs, resolve=True))
     preset = cfg.model.preset
@@ -71,21 +87,23 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
         return factory(modality_agnostic=cfg.model.modality_agnostic, **kwargs)
     from gradharmony.models import create_model
 
-    return create_model(preset, modality_agnostic=cfg.model.modality_agnostic, **kwargs)
+    sizes = model_overrides(cfg, vocab_size or cfg.data.vocab_size)
+    return create_model(preset, modality_agnostic=cfg.model.modality_agnostic,
+                        **{**sizes, **kwargs})
 
 
-def build_batches(cfg: DictConfig, ctx: DistContext):
+def build_batches(cfg: DictConfig, ctx: DistContext, vocab: Path | None = None):
     """This rank's batch stream (an object with ``stream(start_step)``)."""
     d = cfg.data
     if d.kind == "random":
         return RandomTriplets(
-            batch_size=cfg.batch_size, frames=d.frames, size=d.size,
+            batch_size=cfg.batch_size, frames=d.frames, size=d.crop,
             audio_samples=int(round(d.clip_seconds * d.audio_rate)), text_len=d.text_len,
             candidates=d.candidates, vocab_size=d.vocab_size, seed=cfg.seed, rank=ctx.rank,
             world_size=ctx.world_size)
     from gradharmony.train.shards import ShardBatches
 
-    return ShardBatches(cfg, ctx)
+    return ShardBatches(cfg, ctx.rank, ctx.world_size, vocab)
 
 
 def cma_losses(out: dict, batch: dict, temperature: float) -> dict[str, torch.Tensor]:
@@ -119,30 +137,35 @@ def _gather_cos(cos: torch.Tensor, ctx: DistContext, per_group_global: bool) -> 
     return cos.cpu().numpy()
 
 
-def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[Path, dict | None]:
+def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[Path, dict | None, Path | None]:
     rdir = run_path(cfg)
     ckpt_path = latest_checkpoint(rdir / "checkpoints")
     if ckpt_path is not None and not cfg.resume:
         raise ConfigError(f"resume: {rdir} already holds a run (checkpoints/last.pt); pass "
-                         f"resume=true to continue it or choose another name=")
+                          f"resume=true to continue it or choose another name=")
     ckpt = load_checkpoint(ckpt_path) if (ckpt_path is not None and cfg.resume) else None
+    vocab = rdir / "vocab.json" if cfg.data.kind == "shards" else None
     if ctx.is_main:
         (rdir / "checkpoints").mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, rdir / "config.yaml", resolve=True)
         if cfg.data.vocab is not None:
             shutil.copyfile(cfg.data.vocab, rdir / "vocab.json")
+        elif vocab is not None and not (ckpt is not None and vocab.is_file()):
+            from gradharmony.train.shards import build_vocab
+
+            build_vocab(cfg, vocab)
         if ckpt is not None:
             truncate_metrics(rdir, ckpt["step"])
     if ctx.distributed:
         dist.barrier()
-    return rdir, ckpt
+    return rdir, ckpt, vocab
 
 
 def _make_harmonizer(cfg: DictConfig, model: torch.nn.Module):
     from gradharmony.harmonize import Harmonizer
 
     return Harmonizer(model, method=cfg.method, granularity=parse_granularity(cfg.granularity),
-                      gamma=(cfg.gamma0, cfg.gamma_end), total_steps=cfg.steps)
+                      gamma=(cfg.gamma0, cfg.gamma_end), total_steps=cfg.steps, seed=cfg.seed)
 
 
 def _summary_line(values: dict) -> str:
@@ -157,17 +180,18 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
     """
     ctx = setup(cfg.device)
     validate(cfg, world_size=ctx.world_size)
-    rdir, ckpt = _prepare_run_dir(cfg, ctx)
+    rdir, ckpt, vocab = _prepare_run_dir(cfg, ctx)
+    vocab_size = None
+    if vocab is not None:
+        from gradharmony.data import TextTokenizer
+
+        vocab_size = TextTokenizer.load(vocab).vocab_size
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg)
+    model = build_model(cfg, vocab_size)
     if ctx.distributed and cfg.model.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device).train()
-    if cfg.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise ConfigError("grad_checkpointing: the model has no set_grad_checkpointing()")
-        model.set_grad_checkpointing(True)
     forward = model
     if cfg.compile:
         forward = torch.compile(model)
@@ -197,23 +221,27 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
         random.seed(cfg.seed + ctx.rank)
 
     if batches is None:
-        batches = build_batches(cfg, ctx)
+        batches = build_batches(cfg, ctx, vocab)
+    if ckpt is not None and hasattr(batches, "load_state_dict"):
+        batches.load_state_dict(ckpt["data"]["ranks"][ctx.rank])
     log = RunLog(rdir, tensorboard=True) if ctx.is_main else None
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16" else nullcontext())
     batch_global = parse_granularity(cfg.granularity) == "batch"
 
     def save(step_next: int) -> None:
-        rngs = [rng_state()]
+        mine = (rng_state(), batches.state_dict() if hasattr(batches, "state_dict") else None)
+        per_rank = [mine]
         if ctx.distributed:
-            rngs = [None] * ctx.world_size
-            dist.all_gather_object(rngs, rng_state())
+            per_rank = [None] * ctx.world_size
+            dist.all_gather_object(per_rank, mine)
         if ctx.is_main:
             log.flush()
             state = {"step": step_next, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "harmonizer": harm.state_dict() if hasattr(harm, "state_dict") else None,
-                     "rng": rngs, "counts": dict(counts), "data": {"step": step_next},
+                     "rng": [r for r, _ in per_rank], "counts": dict(counts),
+                     "data": {"step": step_next, "ranks": [d for _, d in per_rank]},
                      "config": OmegaConf.to_container(cfg, resolve=True)}
             save_atomic(state, rdir / "checkpoints" / "last.pt")
 

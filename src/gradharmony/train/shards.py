@@ -1,0 +1,99 @@
+"""Training batches from WebDataset shards: the data mixture of the config, per rank.
+
+Wraps :func:`gradharmony.data.make_loader` (mixture sampling, DDP x worker sharding, skip
+counting, exact resume) behind the trainer's ``stream(start_step)`` interface, and builds the
+narration vocabulary from the training shards when the config names none.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def clip_spec(cfg: DictConfig):
+    """The :class:`gradharmony.data.ClipSpec` of a config's ``data`` section.
+
+    Example:
+        >>> from gradharmony.train.config import load_config
+        >>> clip_spec(load_config(overrides=["data.kind=random"])).audio_samples
+        32000
+    """
+    from gradharmony.data import ClipSpec
+
+    d = cfg.data
+    return ClipSpec(frames=d.frames, fps=d.fps, size=d.size, crop=d.crop,
+                    audio_rate=d.audio_rate, seconds=d.clip_seconds)
+
+
+def narrations(patterns: list[str]) -> Iterator[str]:
+    """Every narration of the shards (``KEY.txt`` and the ``neighbors`` of ``KEY.json``)."""
+    from gradharmony.data import ShardSet, iter_tar_groups
+
+    for path in ShardSet(patterns).paths():
+        for group in iter_tar_groups(path):
+            if not isinstance(group, tuple):
+                continue
+            files = group[1]
+            if "txt" in files:
+                yield files["txt"].decode("utf-8", errors="replace")
+            if "json" in files:
+                try:
+                    meta = json.loads(files["json"])
+                except ValueError:
+                    continue
+                for n in meta.get("neighbors") or []:
+                    if isinstance(n, str):
+                        yield n
+
+
+def build_vocab(cfg: DictConfig, out: str | Path) -> Path:
+    """Build the vocabulary from the narrations of the text sets of the mixture into ``out``."""
+    from gradharmony.data import TextTokenizer
+
+    patterns = [s.shards for s in cfg.data.mixture if s.has_text]
+    tok = TextTokenizer.from_texts(narrations(patterns) if patterns else [""])
+    tok.save(out)
+    return Path(out)
+
+
+class ShardBatches:
+    """This rank's share of the mixture, one batch dict per step, resumable.
+
+    ``pop_skipped()`` returns the clips skipped (by reason) since the previous call;
+    ``state_dict()`` / ``load_state_dict()`` carry the loader position in checkpoints.
+    """
+
+    def __init__(self, cfg: DictConfig, rank: int, world_size: int, vocab: str | Path | None):
+        from gradharmony.data import ShardSet, make_loader
+
+        d = cfg.data
+        sets = [ShardSet(s.shards, weight=s.weight, text=s.has_text, name=f"mixture[{i}]")
+                for i, s in enumerate(d.mixture)]
+        self.loader = make_loader(
+            sets, clip_spec(cfg), str(vocab) if vocab is not None else None,
+            batch_size=cfg.batch_size // world_size, k=d.candidates, text_length=d.text_len,
+            train=True, seed=cfg.seed, rank=rank, world_size=world_size,
+            num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+            cache_dir=d.cache_dir)
+        self._skipped: Counter = Counter()
+
+    def stream(self, start_step: int) -> Iterator[dict]:
+        # the position comes from load_state_dict(); start_step is implied by it
+        for batch in self.loader:
+            self._skipped.update(batch.pop("skipped", {}) or {})
+            yield batch
+
+    def pop_skipped(self) -> dict[str, int]:
+        out, self._skipped = dict(self._skipped), Counter()
+        return out
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
