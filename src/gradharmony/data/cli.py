@@ -1,0 +1,98 @@
+"""``gradharmony make-shards`` and ``gradharmony build-vocab``.
+
+Example:
+    >>> main_build_vocab(["--help"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    SystemExit: 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gradharmony.data.dataset import ShardSet, iter_tar_groups
+
+
+def main_make_shards(argv: list[str] | None = None) -> int:
+    """Cut clips listed in a caption manifest out of a folder of videos into shards."""
+    p = argparse.ArgumentParser(
+        prog="gradharmony make-shards",
+        description="Turn a folder of videos plus a caption manifest (CSV or JSONL with path, "
+                    "start, end, text) into WebDataset shards (KEY.mp4/KEY.txt/KEY.json).")
+    p.add_argument("--videos", required=True, help="folder the manifest paths are relative to")
+    p.add_argument("--manifest", required=True, help="captions.csv or captions.jsonl")
+    p.add_argument("--out", required=True, help="output folder for the shards")
+    p.add_argument("--clips-per-shard", type=int, default=100)
+    p.add_argument("--prefix", default="shard", help="shard file prefix (PREFIX-000000.tar)")
+    p.add_argument("--fps", type=float, default=None, help="re-sample to this frame rate")
+    p.add_argument("--short-side", type=int, default=None, help="resize to this short side")
+    p.add_argument("--audio-rate", type=int, default=16000)
+    p.add_argument("--max-neighbors", type=int, default=8)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    from gradharmony.data.make_shards import make_shards
+
+    try:
+        summary = make_shards(args.videos, args.manifest, args.out,
+                              clips_per_shard=args.clips_per_shard, prefix=args.prefix,
+                              fps=args.fps, short_side=args.short_side,
+                              audio_rate=args.audio_rate, max_neighbors=args.max_neighbors,
+                              progress=not args.quiet)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"gradharmony make-shards: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"clips": summary["clips"], "shards": len(summary["shards"]),
+                      "skipped": summary["skipped"]}))
+    if summary["clips"] == 0:
+        print("gradharmony make-shards: no clip written", file=sys.stderr)
+        return 1
+    return 0
+
+
+def narrations(patterns: list[str], progress: bool = True):
+    """Yield the non-empty ``.txt`` narrations of the shards matching ``patterns``."""
+    from tqdm import tqdm
+
+    for path in tqdm(ShardSet(patterns).paths(), desc="reading narrations", unit="shard",
+                     disable=not progress):
+        for group in iter_tar_groups(path):
+            if isinstance(group, Exception):
+                break
+            _, files = group
+            try:
+                text = files.get("txt", b"").decode("utf-8").strip()
+            except UnicodeDecodeError:
+                continue
+            if text:
+                yield text
+
+
+def main_build_vocab(argv: list[str] | None = None) -> int:
+    """Build the narration vocabulary (HF ``tokenizers`` JSON) from training shards."""
+    p = argparse.ArgumentParser(
+        prog="gradharmony build-vocab",
+        description="Build the word-level narration vocabulary from the .txt of training shards.")
+    p.add_argument("--shards", nargs="+", required=True, help="shard paths or patterns")
+    p.add_argument("--out", required=True, help="vocab.json to write")
+    p.add_argument("--min-freq", type=int, default=1)
+    p.add_argument("--max-size", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    from gradharmony.data.text import TextTokenizer
+
+    try:
+        texts = list(narrations(args.shards, progress=not args.quiet))
+    except ValueError as exc:
+        print(f"gradharmony build-vocab: {exc}", file=sys.stderr)
+        return 2
+    if not texts:
+        print(f"gradharmony build-vocab: no narration in {args.shards}", file=sys.stderr)
+        return 1
+    tok = TextTokenizer.from_texts(texts, min_freq=args.min_freq, max_size=args.max_size)
+    tok.save(args.out)
+    print(json.dumps({"narrations": len(texts), "vocab_size": tok.vocab_size,
+                      "out": args.out}))
+    return 0
