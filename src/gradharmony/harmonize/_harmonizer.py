@@ -137,6 +137,8 @@ class Harmonizer:
             raise ValueError(f"strategy must be auto|ghost|materialize, got {strategy!r}")
         self.strategy, self.keep_bytes, self.measure = strategy, keep_bytes, measure
         g0, g1 = (gamma, gamma) if isinstance(gamma, int | float) else tuple(gamma)
+        if method not in ("cl", "both") and total_steps is None:
+            g1 = g0  # gamma is only reported; no schedule needed
         self.schedule = GammaSchedule(g0, g1, total_steps)
         self.generator = torch.Generator().manual_seed(seed)
         self.gradvac = GradVac(beta, generator=self.generator)

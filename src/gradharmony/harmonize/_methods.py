@@ -34,19 +34,20 @@ def _random_orders(groups: int, losses: int, generator: torch.Generator | None) 
 def gr_weights(gram: Tensor) -> Tensor:
     """GR closed form for two losses (Algorithm 1 with the original other gradient).
 
-    With ``n = min(0, <g_0, g_1>)``: ``w_0 = 1 - n / |g_1|^2``, ``w_1 = 1 - n / |g_0|^2``.
+    With ``n = min(0, <g_0, g_1>)``: ``w_0 = 1 - n / |g_0|^2``, ``w_1 = 1 - n / |g_1|^2``
+    (``g_0' = g_0 - n / |g_1|^2 g_1`` and ``g_1' = g_1 - n / |g_0|^2 g_0`` sum to that).
 
     Example:
         >>> gr_weights(torch.tensor([[[1.0, -1.0], [-1.0, 2.0]]]))
-        tensor([[1.5000, 2.0000]])
+        tensor([[2.0000, 1.5000]])
     """
     k = _check_gram(gram)
     if k.shape[1] != 2:
         raise ValueError(f"gr_weights needs exactly 2 losses, got {k.shape[1]}")
     n = k[:, 0, 1].clamp_max(0.0)
     sq0, sq1 = k[:, 0, 0], k[:, 1, 1]
-    w0 = 1 - torch.where(sq1 > 0, n / sq1.clamp_min(1e-300), 0.0)
-    w1 = 1 - torch.where(sq0 > 0, n / sq0.clamp_min(1e-300), 0.0)
+    w0 = 1 - torch.where(sq0 > 0, n / sq0.clamp_min(1e-300), 0.0)
+    w1 = 1 - torch.where(sq1 > 0, n / sq1.clamp_min(1e-300), 0.0)
     return torch.stack([w0, w1], dim=1).to(gram.dtype)
 
 
