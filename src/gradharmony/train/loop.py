@@ -137,20 +137,33 @@ def _gather_cos(cos: torch.Tensor, ctx: DistContext, per_group_global: bool) -> 
     return cos.cpu().numpy()
 
 
-def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[Path, dict | None, Path | None]:
+def resolve_model_kwargs(cfg: DictConfig, vocab_size: int | None) -> DictConfig:
+    """A copy of ``cfg`` whose ``model.kwargs`` spell out the data-derived VATT sizes.
+
+    The run's ``config.yaml`` is then self-describing: ``create_model(preset, **kwargs)``
+    rebuilds the trained model without knowing how the trainer derives sizes from the data.
+    """
+    out = cfg.copy()
+    if ":" not in cfg.model.preset:
+        kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+        out.model.kwargs = {**model_overrides(cfg, vocab_size or cfg.data.vocab_size),
+                            **kwargs}
+    return out
+
+
+def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[DictConfig, dict | None, Path]:
     rdir = run_path(cfg)
     ckpt_path = latest_checkpoint(rdir / "checkpoints")
     if ckpt_path is not None and not cfg.resume:
         raise ConfigError(f"resume: {rdir} already holds a run (checkpoints/last.pt); pass "
                           f"resume=true to continue it or choose another name=")
     ckpt = load_checkpoint(ckpt_path) if (ckpt_path is not None and cfg.resume) else None
-    vocab = rdir / "vocab.json" if cfg.data.kind == "shards" else None
+    vocab = rdir / "vocab.json"
     if ctx.is_main:
         (rdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, rdir / "config.yaml", resolve=True)
         if cfg.data.vocab is not None:
-            shutil.copyfile(cfg.data.vocab, rdir / "vocab.json")
-        elif vocab is not None and not (ckpt is not None and vocab.is_file()):
+            shutil.copyfile(cfg.data.vocab, vocab)
+        elif cfg.data.kind == "shards" and not (ckpt is not None and vocab.is_file()):
             from gradharmony.train.shards import build_vocab
 
             build_vocab(cfg, vocab)
@@ -158,7 +171,15 @@ def _prepare_run_dir(cfg: DictConfig, ctx: DistContext) -> tuple[Path, dict | No
             truncate_metrics(rdir, ckpt["step"])
     if ctx.distributed:
         dist.barrier()
-    return rdir, ckpt, vocab
+    vocab_size = None
+    if cfg.data.kind == "shards":
+        from gradharmony.data import TextTokenizer
+
+        vocab_size = TextTokenizer.load(vocab).vocab_size
+    cfg = resolve_model_kwargs(cfg, vocab_size)
+    if ctx.is_main:
+        OmegaConf.save(cfg, rdir / "config.yaml", resolve=True)
+    return cfg, ckpt, vocab if cfg.data.kind == "shards" else None
 
 
 def _make_harmonizer(cfg: DictConfig, model: torch.nn.Module):
@@ -180,18 +201,18 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
     """
     ctx = setup(cfg.device)
     validate(cfg, world_size=ctx.world_size)
-    rdir, ckpt, vocab = _prepare_run_dir(cfg, ctx)
-    vocab_size = None
-    if vocab is not None:
-        from gradharmony.data import TextTokenizer
-
-        vocab_size = TextTokenizer.load(vocab).vocab_size
+    cfg, ckpt, vocab = _prepare_run_dir(cfg, ctx)
+    rdir = run_path(cfg)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, vocab_size)
+    model = build_model(cfg)
     if ctx.distributed and cfg.model.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device).train()
+    if cfg.grad_checkpointing and ":" in cfg.model.preset:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError("grad_checkpointing: the model has no set_grad_checkpointing()")
+        model.set_grad_checkpointing(True)
     forward = model
     if cfg.compile:
         forward = torch.compile(model)
