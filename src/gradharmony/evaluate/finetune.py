@@ -87,7 +87,7 @@ def finetune(model: torch.nn.Module, train: ClipSet, test: ClipSet, modality: st
             loss.backward()
             opt.step()
             sched.step()
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.3f}")
     bar.close()

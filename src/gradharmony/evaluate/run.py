@@ -43,17 +43,17 @@ class LoadedRun:
 
 
 def clip_spec(config: dict) -> ClipSpec:
-    """The :class:`ClipSpec` of a run config's ``data`` section (evaluation: centre crop of
-    side ``data.size`` from frames resized to ``data.resize``, default ``data.size``).
+    """The :class:`ClipSpec` of a run config's ``data`` section (frames resized to short side
+    ``data.size``; evaluation takes the centre ``data.crop`` square, default ``data.size``).
 
     Example:
-        >>> clip_spec({"data": {"frames": 8, "fps": 4.0, "size": 32}}).crop
+        >>> clip_spec({"data": {"frames": 8, "fps": 4.0, "size": 36, "crop": 32}}).crop
         32
     """
     d = config.get("data", {})
-    size = int(d.get("size", 64))
+    size = int(d.get("size", 72))
     return ClipSpec(frames=int(d.get("frames", 16)), fps=float(d.get("fps", 8.0)),
-                    size=int(d.get("resize", size) or size), crop=size,
+                    size=size, crop=int(d.get("crop", size) or size),
                     audio_rate=int(d.get("audio_rate", 16000)),
                     seconds=float(d.get("clip_seconds", 2.0)))
 
