@@ -6,7 +6,8 @@ Names are imported on first use, so ``import gradharmony.data`` stays cheap.
   reading shards (mixtures, DDP x worker sharding, skip counting, resumable position)
 - :class:`ClipSpec`, :func:`decode_clip`: PyAV decoding and clip sampling
 - :class:`TextTokenizer`: the narration vocabulary
-- :func:`collate`: samples -> the batch dict of ``docs/architecture.md``
+- :func:`gradharmony.data.collate.collate`: samples -> the batch dict of
+  ``docs/architecture.md`` (the name ``gradharmony.data.collate`` is that module)
 - :func:`build_cache`, :func:`open_cache`: the decoded-clip cache
 - :func:`encode_mp4`, :class:`ShardWriter`, :func:`write_shards`: writing shards
 
@@ -24,7 +25,6 @@ _EXPORTS = {
     "ClipSpec": "decode", "SampleError": "decode", "decode_clip": "decode",
     "decode_clip_raw": "decode", "augment_frames": "decode",
     "TextTokenizer": "text",
-    "collate": "collate",
     "ShardSet": "dataset", "SkipCounter": "dataset", "SKIP_REASONS": "dataset",
     "ClipLoader": "dataset", "TriModalDataset": "dataset", "make_loader": "dataset",
     "iter_tar_groups": "dataset",

@@ -476,6 +476,10 @@ class TriModalDataset(IterableDataset):
                 samples, counter = [], _reset(counter)
         if samples and not self.drop_last:
             yield self._batch(samples, counter, readers, draws, logical)
+        elif counter.total:  # report the last skips: the loader counts them, yields nothing
+            yield {"skipped": counter.as_dict(), "_reader": logical, "_empty": True,
+                   "_position": {"draws": draws,
+                                 "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}}
 
     def _batch(self, samples, counter, readers, draws, logical) -> dict:
         batch = collate(samples)
@@ -554,6 +558,8 @@ class ClipLoader:
         for batch in loader:
             self._positions[int(batch.pop("_reader"))] = batch.pop("_position")
             self.skipped.update(batch["skipped"])
+            if batch.pop("_empty", False):
+                continue
             self.batches += 1
             if ds.infinite:
                 self._check_dead_sets(workers)
