@@ -213,7 +213,7 @@ class Harmonizer:
                 "dimension (triplet on dim 0)"
             )
         stats = batchnorm_stats(module, inp) if kind == "batchnorm" else None
-        self._records.append(Call(module, inp, output, stats))
+        self._records.append(Call(module, inp.detach(), output, stats))
 
     def reset(self) -> None:
         """Forget the recorded forward calls."""
@@ -306,6 +306,10 @@ class Harmonizer:
                 raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
             zeros = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
             per_loss.append(zeros)
+        with torch.no_grad():
+            return self._batch_update(names, per_loss, step)
+
+    def _batch_update(self, names, per_loss, step) -> HarmonizeStats:
         L = len(names)
         flat = _all_reduce_tensors([g for grads in per_loss for g in grads])
         per_loss = [flat[l * len(self.params) : (l + 1) * len(self.params)] for l in range(L)]
@@ -352,6 +356,10 @@ class Harmonizer:
                 raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
             for c, g in zip(records, grads):
                 c.deltas.append(g)
+        with torch.no_grad():
+            return self._grouped_update(names, records, G, L, step)
+
+    def _grouped_update(self, names, records, G, L, step) -> HarmonizeStats:
         by_module: dict[nn.Module, list[Call]] = {}
         for c in records:
             if any(d is not None for d in c.deltas):
