@@ -7,8 +7,8 @@ decoding ``[start, end)`` (frames whose timestamp falls in the interval; audio r
 mono ``audio_rate``), re-encoded with :func:`gradharmony.data.writer.encode_mp4` (H.264 +
 AAC at the source frame rate, or ``fps`` when given; optionally resized to short side
 ``short_side``), and written as ``KEY.mp4``/``KEY.txt``/``KEY.json``. ``neighbors`` lists the
-narrations of the same video's other rows, nearest clip centre first (ties: the earlier
-clip), at most ``max_neighbors``.
+narrations of the same video's other clips that were written, nearest clip centre first
+(ties: the earlier clip), at most ``max_neighbors``. Shards hold the clips video by video.
 
 Bad rows are skipped and counted by reason (:data:`ROW_REASONS`): ``bad_row`` (a missing
 column or a time that is not a number, or ``end <= start``), ``empty_text``, ``missing_file``,
@@ -204,11 +204,6 @@ def make_shards(videos: str | os.PathLike, manifest: str | os.PathLike,
     by_video: dict[str, list[Row]] = {}
     for r in rows:
         by_video.setdefault(r.path, []).append(r)
-    neighbors: dict[int, list[str]] = {}
-    for vrows in by_video.values():
-        spans = [(r.start, r.end) for r in vrows]
-        for i, r in enumerate(vrows):
-            neighbors[r.index] = [vrows[j].text for j in neighbor_order(spans, i)][:max_neighbors]
     videos = Path(videos)
 
     def bad(reason: str, n: int = 1) -> None:
@@ -232,6 +227,7 @@ def make_shards(videos: str | os.PathLike, manifest: str | os.PathLike,
                 bad("corrupt_video", len(vrows))
                 bar.update(len(vrows))
                 continue
+            cut: list[tuple[Row, bytes]] = []
             with container:
                 for r in sorted(vrows, key=lambda r: r.index):
                     bar.update(1)
@@ -245,11 +241,15 @@ def make_shards(videos: str | os.PathLike, manifest: str | os.PathLike,
                     if frames is None:
                         bad("no_frames")
                         continue
-                    mp4 = encode_mp4(frames, fps=out_fps, audio=audio, sample_rate=audio_rate)
-                    meta = {"video_id": Path(vpath).stem, "path": vpath, "start": r.start,
-                            "end": r.end, "neighbors": neighbors[r.index], **r.extra}
-                    writer.write({"__key__": _key(r), "mp4": mp4, "txt": r.text, "json": meta})
-                    written += 1
+                    cut.append((r, encode_mp4(frames, fps=out_fps, audio=audio,
+                                              sample_rate=audio_rate)))
+            spans = [(r.start, r.end) for r, _ in cut]
+            for i, (r, mp4) in enumerate(cut):
+                near = [cut[j][0].text for j in neighbor_order(spans, i)][:max_neighbors]
+                meta = {"video_id": Path(vpath).stem, "path": vpath, "start": r.start,
+                        "end": r.end, "neighbors": near, **r.extra}
+                writer.write({"__key__": _key(r), "mp4": mp4, "txt": r.text, "json": meta})
+                written += 1
     bar.close()
     return {"clips": written, "shards": list(writer.paths),
             "skipped": {k: v for k, v in sorted(skipped.items()) if v}}
