@@ -125,6 +125,49 @@ def oracle_group_grads(model, batch, groups):
 
 
 def flat_grad(model):
-    return torch.cat(
-        [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in model.parameters()]
-    )
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in model.parameters()]
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+DDP_CASES = [("both", "sample"), ("gr", "batch"), ("cl", 2), ("gradvac", "sample")]
+
+
+def ddp_losses(out):
+    """Global-batch losses from local embeddings gathered across ranks with gradient."""
+    from gradharmony.losses import gather_with_grad
+
+    return losses_of({k: gather_with_grad(v) for k, v in out.items()})
+
+
+def run_cases(model, batch, cases=DDP_CASES):
+    """Flat harmonized gradients and cosines of each (method, granularity) on ``batch``."""
+    from gradharmony.harmonize import Harmonizer
+
+    results = []
+    for method, granularity in cases:
+        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.2)
+        model.zero_grad(set_to_none=True)
+        stats = harm.backward(ddp_losses(model(**batch)))
+        harm.remove()
+        results.append((flat_grad(model).clone(), stats.cos.clone()))
+    return results
+
+
+def ddp_worker(rank, world, port, path):
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = TinyTriModal()
+        batch = make_batch(b=4)
+        per = 4 // world
+        local = {k: v[rank * per : (rank + 1) * per] for k, v in batch.items()}
+        results = run_cases(model, local)
+        torch.save(results, f"{path}.{rank}")
+    finally:
+        dist.destroy_process_group()

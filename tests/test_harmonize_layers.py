@@ -13,9 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_harmonize_helpers import TinyTriModal, flat_grad, losses_of, make_batch  # noqa: E402
-
 from gradharmony.harmonize import Harmonizer, gram_cosine, pcgrad_weights  # noqa: E402
+from test_harmonize_helpers import TinyTriModal, flat_grad, losses_of, make_batch  # noqa: E402
 
 
 def _three_losses(y):

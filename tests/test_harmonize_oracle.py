@@ -9,6 +9,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from gradharmony.harmonize import Harmonizer, realign  # noqa: E402
 from test_harmonize_helpers import (  # noqa: E402
     TinyTriModal,
     flat_grad,
@@ -16,8 +17,6 @@ from test_harmonize_helpers import (  # noqa: E402
     make_batch,
     oracle_group_grads,
 )
-
-from gradharmony.harmonize import Harmonizer, realign  # noqa: E402
 
 B = 6
 GRANULARITIES = {"batch": 1, 2: 3, "sample": B}
@@ -104,7 +103,9 @@ def test_update_and_cosines_match_oracle(method, granularity):
         torch.testing.assert_close(stats.projected, (cos > gamma) & (cos < 0))
 
 
-@pytest.mark.parametrize("strategy,keep", [("ghost", 0), ("materialize", 0), ("materialize", 2**30)])
+@pytest.mark.parametrize(
+    "strategy,keep", [("ghost", 0), ("materialize", 0), ("materialize", 2**30)]
+)
 def test_weight_strategies_agree_with_oracle(strategy, keep):
     model, batch, grads = _setup(2)
     harm = Harmonizer(model, method="gr", granularity=2, strategy=strategy, keep_bytes=keep)
