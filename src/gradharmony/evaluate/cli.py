@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradharmony.evaluate.clips import ClipSet, load_clips, shard_files
+from gradharmony.evaluate.clips import ClipSet, iter_clipsets, load_clips, shard_files
 from gradharmony.evaluate.probe import stratified_split
 from gradharmony.evaluate.retrieval import TIE_RULE, bidirectional_retrieval
 
@@ -49,70 +49,94 @@ def _find_part(root: Path, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def load_train_test(root: str | os.PathLike, spec, windows: int, limit: int | None,
-                    test_fraction: float, seed: int, progress: bool):
-    """(train, test, how) of a classification split folder: its ``train``/``test`` parts
-    (sub-folders or ``train*.tar``/``test*.tar`` shards) when present, otherwise a seeded
-    stratified carve of all its clips."""
+def split_parts(root: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(train, test) parts of a classification split folder: ``train``/``test`` (or ``val``)
+    sub-folders or ``train*.tar``/``test*.tar`` shards; ``(None, None)`` when it has none."""
     root = Path(root)
     if not root.exists():
         raise ValueError(f"split {str(root)!r} does not exist")
-    tr = _find_part(root, ("train",)) if root.is_dir() else None
-    te = _find_part(root, ("test", "val")) if root.is_dir() else None
+    if not root.is_dir():
+        return None, None
+    tr, te = _find_part(root, ("train",)), _find_part(root, ("test", "val"))
+    return (tr, te) if tr and te else (None, None)
+
+
+def _check_classes(root, labels: np.ndarray) -> None:
+    if (labels < 0).any():
+        raise ValueError(f"split {str(root)!r} has clips without a label (label -1)")
+    if np.unique(labels).size < 2:
+        raise ValueError(f"split {str(root)!r} has a single class "
+                         f"({np.unique(labels).tolist()}): classification needs two")
+
+
+def load_train_test(root: str | os.PathLike, spec, windows: int, limit: int | None,
+                    test_fraction: float, seed: int, progress: bool):
+    """(train, test, how) clip sets of a classification split folder: its given parts
+    (:func:`split_parts`) when present, otherwise a seeded stratified carve of its clips."""
+    tr, te = split_parts(root)
     if tr and te:
         return (load_clips(tr, spec, windows, limit, progress),
                 load_clips(te, spec, windows, limit, progress), f"given: {tr} / {te}")
     clips = load_clips(root, spec, windows, limit, progress)
-    if (clips.labels < 0).any():
-        raise ValueError(f"split {str(root)!r} has clips without a label")
-    if np.unique(clips.labels).size < 2:
-        raise ValueError(f"split {str(root)!r} has a single class "
-                         f"({np.unique(clips.labels).tolist()}): classification needs two")
+    _check_classes(root, clips.labels)
     fit, test = stratified_split(clips.labels, test_fraction, seed)
     how = f"carved: stratified {test_fraction:.0%} test, seed {seed}"
     return _subset(clips, fit), _subset(clips, test), how
 
 
 def _retrieval(run, args, device) -> tuple[dict, dict]:
-    from gradharmony.evaluate.features import encode_clips
+    from gradharmony.evaluate.features import encode_split
 
     path = Path(args.data) / "retrieval"
     part = _find_part(path, ("test",)) if path.is_dir() else None
-    clips = load_clips(part or path, run.spec, args.windows, args.limit, not args.quiet)
-    if len(clips) < 2:
-        raise ValueError(f"the retrieval split {str(path)!r} has {len(clips)} clip: "
+    f = encode_split(run.model, part or path, run.spec, args.windows, run.tokenizer,
+                     run.text_len, args.batch_size, device, ("video", "text"), args.limit,
+                     not args.quiet)
+    n = len(f["keys"])
+    if n < 2:
+        raise ValueError(f"the retrieval split {str(path)!r} has {n} clip: "
                          "retrieval needs at least two")
-    feats = encode_clips(run.model, clips, run.tokenizer, run.text_len, args.batch_size,
-                         device, ("video", "text"), not args.quiet)
-    res = bidirectional_retrieval(torch.from_numpy(feats["video_vt"]),
-                                  torch.from_numpy(feats["text_vt"]))
-    res["protocol"] = {"split": str(part or path), "n": len(clips), "windows": args.windows,
+    res = bidirectional_retrieval(torch.from_numpy(f["video_vt"]),
+                                  torch.from_numpy(f["text_vt"]))
+    res["protocol"] = {"split": str(part or path), "n": n, "windows": args.windows,
                        "embedding": "video_vt / text_vt (own narration), cosine",
                        "window_pooling": "mean of L2-normalised window embeddings, renormalised",
                        "tie_rule": TIE_RULE, "MedR": "1-based median rank",
-                       "skipped": clips.skipped}
-    return res, {"video_vt": feats["video_vt"], "text_vt": feats["text_vt"],
-                 "keys": np.array(clips.keys)}
+                       "skipped": f["skipped"]}
+    return res, {"video_vt": f["video_vt"], "text_vt": f["text_vt"],
+                 "keys": np.array(f["keys"])}
 
 
 def _probe(run, args, device) -> dict:
-    from gradharmony.evaluate.features import encode_clips
+    from gradharmony.evaluate.features import encode_split
     from gradharmony.evaluate.probe import linear_probe
 
     out = {}
     for name, (folder, modality) in CLASS_SPLITS.items():
-        train, test, how = load_train_test(Path(args.data) / folder, run.spec, args.windows,
-                                           args.limit, 0.3, args.seed, not args.quiet)
+        root = Path(args.data) / folder
         key = f"{modality}_feat"
-        ftr = encode_clips(run.model, train, None, run.text_len, args.batch_size, device,
-                           (modality,), not args.quiet)[key]
-        fte = encode_clips(run.model, test, None, run.text_len, args.batch_size, device,
-                           (modality,), not args.quiet)[key]
-        res = linear_probe(ftr, train.labels, fte, test.labels, seed=args.seed)
+
+        def enc(path, root=root, key=key, modality=modality):
+            f = encode_split(run.model, path, run.spec, args.windows, None, run.text_len,
+                             args.batch_size, device, (modality,), args.limit, not args.quiet)
+            _check_classes(path, f["labels"])
+            return f[key], f["labels"]
+
+        tr, te = split_parts(root)
+        if tr and te:
+            (xtr, ytr), (xte, yte) = enc(tr), enc(te)
+            how = f"given: {tr} / {te}"
+        else:
+            x, y = enc(root)
+            fit, test = stratified_split(y, 0.3, args.seed)
+            xtr, ytr, xte, yte = x[fit], y[fit], x[test], y[test]
+            how = f"carved: stratified 30% test, seed {args.seed}"
+        res = linear_probe(xtr, ytr, xte, yte, seed=args.seed)
         proto = {k: res.pop(k) for k in list(res) if k not in ("top1", "top5")}
         proto.update(split=how, feature=f"{key} (frozen, mean over {args.windows} windows)",
-                     classifier="sklearn LogisticRegression (lbfgs), C chosen on a stratified "
-                                "20% validation carve of the training part, then refit")
+                     classifier="sklearn LogisticRegression (lbfgs) on standardised features, "
+                                "C chosen on a stratified 20% validation carve of the "
+                                "training part, then refit on all of it")
         out[name] = {**res, "protocol": proto}
     return out
 
@@ -125,7 +149,7 @@ def _finetune(run, args, device) -> dict:
         train, test, how = load_train_test(Path(args.data) / folder, run.spec, args.windows,
                                            args.limit, 0.3, args.seed, not args.quiet)
         res = finetune(run.model, train, test, modality, epochs=args.finetune_epochs,
-                       batch_size=args.batch_size, lr=args.finetune_lr, seed=args.seed,
+                       batch_size=args.finetune_batch_size, lr=args.finetune_lr, seed=args.seed,
                        device=device, progress=not args.quiet)
         res["protocol"]["split"] = how
         out[name] = res
@@ -143,8 +167,10 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="temporal windows per clip whose embeddings are averaged")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=None, help="at most this many clips per part")
-    p.add_argument("--finetune-epochs", type=int, default=3)
-    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--finetune-lr", type=float, default=3e-4,
+                   help="backbone learning rate (the head gets 10x)")
+    p.add_argument("--finetune-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -217,19 +243,25 @@ def _score_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _examples(clips: ClipSet, rows: list[dict], fraction: float, path: Path) -> None:
-    """Thumbnails of the top and bottom ``fraction`` clips by cosine (report Figure 3)."""
+def _examples(data, spec, rows: list[dict], fraction: float, path: Path) -> None:
+    """Frames of the top and bottom ``fraction`` clips by cosine (report Figure 3), decoded
+    again in a second pass so that scoring never holds the whole data set in memory."""
     order = np.argsort([r["cos"] for r in rows], kind="stable")
     m = max(1, int(round(fraction * len(rows))))
     picks = {"bottom": order[:m], "top": order[::-1][:m]}
-    centre = clips.video.shape[1] // 2
-    data = {}
+    wanted = {rows[i]["key"] for idx in picks.values() for i in idx}
+    frames: dict[str, np.ndarray] = {}
+    for part in iter_clipsets(data, spec, 1, 64, None, False):
+        for j, key in enumerate(part.keys):
+            if key in wanted:
+                v = part.video[j, 0]
+                t = np.linspace(0, v.shape[0] - 1, min(4, v.shape[0])).round().astype(int)
+                frames[key] = v[t]
+    out = {}
     for name, idx in picks.items():
-        v = clips.video[idx, centre]
-        t = np.linspace(0, v.shape[1] - 1, min(4, v.shape[1])).round().astype(int)
-        data[f"{name}_frames"] = v[:, t]
-        data[f"{name}_index"] = idx
-    np.savez_compressed(path, **data)
+        out[f"{name}_frames"] = np.stack([frames[rows[i]["key"]] for i in idx])
+        out[f"{name}_index"] = idx
+    np.savez_compressed(path, **out)
 
 
 def main_score(argv: list[str] | None = None) -> int:
@@ -241,9 +273,12 @@ def main_score(argv: list[str] | None = None) -> int:
     device = _device(args.device)
     run = load_run(args.run, device)
     batch_size = args.batch_size or int(run.config.get("batch_size", 64))
+    if batch_size < 2:
+        raise ValueError(f"--batch-size must be >= 2 (in-batch negatives), got {batch_size}")
     shard_files(args.data)  # clear error before decoding
-    clips = load_clips(args.data, run.spec, 1, args.limit, not args.quiet)
-    rows = score_clips(run.model, clips, run.tokenizer, batch_size, run.candidates,
+    skipped: dict[str, int] = {}
+    parts = iter_clipsets(args.data, run.spec, 1, batch_size, args.limit, False, skipped)
+    rows = score_clips(run.model, parts, run.tokenizer, batch_size, run.candidates,
                        run.text_len, float(run.config.get("model", {}).get("temperature", 0.07)),
                        device, not args.quiet)
     out = Path(args.out) if args.out else run.dir / "scores.jsonl"
@@ -255,11 +290,11 @@ def main_score(argv: list[str] | None = None) -> int:
     summary = {"run": str(run.dir), "step": run.step, "data": str(args.data), "n": len(rows),
                "batch_size": batch_size, "grouping": "consecutive clips in shard order, "
                "in-batch negatives as in training", "granularity": "sample",
-               "model_mode": "eval", "skipped": clips.skipped, "auroc": aurocs,
+               "model_mode": "eval", "skipped": skipped, "auroc": aurocs,
                "auroc_positive_class": "misaligned (ground-truth flag false)",
                "score_directions": "low cos, low sim, high loss = misaligned"}
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
-    _examples(clips, rows, args.examples, out.with_suffix(".examples.npz"))
+    _examples(args.data, run.spec, rows, args.examples, out.with_suffix(".examples.npz"))
     print(f"scored {len(rows)} clips in batches of {batch_size} -> {out}")
     if not aurocs:
         print("no ground-truth alignment flags with both classes: AUROC not computed")

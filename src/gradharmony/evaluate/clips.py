@@ -116,21 +116,44 @@ class ClipSet:
         return len(self.keys)
 
 
-def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,
-               progress: bool = True) -> ClipSet:
-    """Decode every clip of the shards at ``path`` into ``windows`` model-sized windows.
+def _concat(parts: list[ClipSet], skipped: dict[str, int]) -> ClipSet:
+    return ClipSet(np.concatenate([p.video for p in parts]),
+                   np.concatenate([p.audio for p in parts]),
+                   np.concatenate([p.has_audio for p in parts]),
+                   [t for p in parts for t in p.texts], [n for p in parts for n in p.neighbors],
+                   np.concatenate([p.labels for p in parts]), [k for p in parts for k in p.keys],
+                   [m for p in parts for m in p.meta], dict(skipped))
 
-    Raises ``ValueError`` when the split yields no clip.
+
+def iter_clipsets(path, spec: ClipSpec, windows: int = 1, chunk: int = 64,
+                  limit: int | None = None, progress: bool = True,
+                  skipped: dict[str, int] | None = None) -> Iterator[ClipSet]:
+    """Decode the shards at ``path`` in chunks of ``chunk`` clips (memory stays bounded).
+
+    Undecodable samples are counted by reason into ``skipped`` (a dict the caller may pass).
+    Raises ``ValueError`` when the split yields no clip at all.
     """
     from tqdm.auto import tqdm
 
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    skipped = {} if skipped is None else skipped
     files = shard_files(path)
-    vids, auds, has_a, texts, neigh, labels, keys, metas = [], [], [], [], [], [], [], []
-    skipped: dict[str, int] = {}
+    cols: dict[str, list] = {k: [] for k in ("v", "a", "h", "t", "n", "l", "k", "m")}
+    total = 0
+
+    def flush() -> ClipSet:
+        out = ClipSet(np.stack(cols["v"]), np.stack(cols["a"]), np.array(cols["h"]),
+                      list(cols["t"]), list(cols["n"]), np.array(cols["l"], dtype=np.int64),
+                      list(cols["k"]), list(cols["m"]), skipped)
+        for v in cols.values():
+            v.clear()
+        return out
+
     bar = tqdm(iter_samples(files), desc=f"decode {os.path.basename(str(path).rstrip('/'))}",
                disable=not progress, leave=False)
     for sample in bar:
-        if limit is not None and len(keys) >= limit:
+        if limit is not None and total >= limit:
             break
         if "mp4" not in sample:
             skipped["missing_mp4"] = skipped.get("missing_mp4", 0) + 1
@@ -151,22 +174,37 @@ def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,
         top, left = (frames.shape[1] - c) // 2, (frames.shape[2] - c) // 2
         frames = frames[:, top:top + c, left:left + c]
         fs = window_starts(frames.shape[0], spec.frames, windows)
-        vids.append(np.stack([frames[s:s + spec.frames] for s in fs]))
+        cols["v"].append(np.stack([frames[s:s + spec.frames] for s in fs]))
         n_s = spec.audio_samples
         audio = np.pad(audio, (0, max(0, n_s - audio.shape[0])))
-        a_starts = [int(round(s / spec.fps * spec.audio_rate)) for s in fs]
-        a_starts = [min(a, audio.shape[0] - n_s) for a in a_starts]
-        auds.append(np.stack([audio[a:a + n_s] for a in a_starts]).astype(np.float32))
-        has_a.append(bool(has_audio))
+        a_starts = [min(int(round(s / spec.fps * spec.audio_rate)), audio.shape[0] - n_s)
+                    for s in fs]
+        cols["a"].append(np.stack([audio[a:a + n_s] for a in a_starts]).astype(np.float32))
+        cols["h"].append(bool(has_audio))
         text = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
-        texts.append(text or str(meta.get("text", meta.get("caption", ""))))
-        neigh.append([n for n in meta.get("neighbors", []) if isinstance(n, str)])
+        cols["t"].append(text or str(meta.get("text", meta.get("caption", ""))))
+        cols["n"].append([n for n in meta.get("neighbors", []) if isinstance(n, str)])
         lab = meta.get("label", -1)
-        labels.append(int(lab) if lab is not None else -1)
-        keys.append(str(sample["__key__"]))
-        metas.append(meta)
-    if not keys:
+        cols["l"].append(int(lab) if lab is not None else -1)
+        cols["k"].append(str(sample["__key__"]))
+        cols["m"].append(meta)
+        total += 1
+        if len(cols["k"]) == chunk:
+            yield flush()
+    if cols["k"]:
+        yield flush()
+    if total == 0:
         raise ValueError(f"the split at {str(path)!r} is empty: no clip decoded "
                          f"(skipped: {skipped or 'none'})")
-    return ClipSet(np.stack(vids), np.stack(auds), np.array(has_a), texts, neigh,
-                   np.array(labels, dtype=np.int64), keys, metas, skipped)
+
+
+def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,
+               progress: bool = True) -> ClipSet:
+    """Decode every clip of the shards at ``path`` into ``windows`` model-sized windows
+    (all in memory; see :func:`iter_clipsets` for bounded memory).
+
+    Raises ``ValueError`` when the split yields no clip.
+    """
+    skipped: dict[str, int] = {}
+    parts = list(iter_clipsets(path, spec, windows, 256, limit, progress, skipped))
+    return _concat(parts, skipped)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gradharmony.evaluate.clips import ClipSet
+from gradharmony.evaluate.clips import ClipSet, iter_clipsets
 from gradharmony.evaluate.retrieval import average_windows
 
 
@@ -76,3 +76,24 @@ def encode_clips(model, clips: ClipSet, tokenizer=None, text_len: int = 16,
                 if key in out:
                     parts.setdefault(key, []).append(out[key][:, 0].float().cpu())
     return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def encode_split(model, path, spec, windows: int = 1, tokenizer=None, text_len: int = 16,
+                 batch_size: int = 32, device="cpu", modalities=("video", "audio", "text"),
+                 limit: int | None = None, progress: bool = True) -> dict:
+    """:func:`encode_clips` over the shards at ``path``, decoded chunk by chunk (bounded
+    memory). Returns the feature arrays plus ``labels``, ``keys``, ``texts`` and ``skipped``."""
+    skipped: dict[str, int] = {}
+    feats: dict[str, list] = {}
+    labels, keys, texts = [], [], []
+    for part in iter_clipsets(path, spec, windows, max(batch_size, 64), limit, progress,
+                              skipped):
+        for k, v in encode_clips(model, part, tokenizer, text_len, batch_size, device,
+                                 modalities, progress=False).items():
+            feats.setdefault(k, []).append(v)
+        labels.append(part.labels)
+        keys += part.keys
+        texts += part.texts
+    out: dict = {k: np.concatenate(v) for k, v in feats.items()}
+    out.update(labels=np.concatenate(labels), keys=keys, texts=texts, skipped=skipped)
+    return out

@@ -42,7 +42,7 @@ def _check_labels(name: str, clips: ClipSet) -> np.ndarray:
 
 
 def finetune(model: torch.nn.Module, train: ClipSet, test: ClipSet, modality: str = "video",
-             epochs: int = 3, batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.05,
+             epochs: int = 10, batch_size: int = 16, lr: float = 3e-4, weight_decay: float = 0.05,
              seed: int = 0, device="cpu", progress: bool = True) -> dict:
     """Fine-tune ``model``'s encoder of ``modality`` with a linear head; top-1/top-5 on test.
 

@@ -18,6 +18,8 @@ are computed on ``-cos``, ``loss`` and ``-sim`` against "not aligned" ground tru
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -50,13 +52,50 @@ def _batch(clips: ClipSet, idx: np.ndarray, tokenizer, k: int, text_len: int, de
     }
 
 
-def score_clips(model: torch.nn.Module, clips: ClipSet, tokenizer, batch_size: int,
+def _score_batch(model, harm, clips, idx, tokenizer, k, text_len, temperature, device, n_batch,
+                 mil_nce, nce) -> list[dict]:
+    batch = _batch(clips, idx, tokenizer, k, text_len, device)
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    z = {key: out[key].float() for key in ("video_va", "audio_va", "video_vt", "text_vt")}
+    loss_va = nce(z["video_va"], z["audio_va"], temperature=temperature, reduction="none")
+    loss_vt = mil_nce(z["video_vt"], z["text_vt"], temperature=temperature,
+                      candidate_mask=batch["candidate_mask"], sample_mask=batch["has_text"],
+                      reduction="none")
+    stats = harm.backward({"va": loss_va.mean(), "vt": loss_vt.mean()}, step=0)
+    model.zero_grad(set_to_none=True)
+    cos = stats.cos.detach().float().cpu().numpy()
+    if cos.shape[0] != len(idx):
+        raise RuntimeError(f"the Harmonizer returned {cos.shape[0]} cosines for a batch of "
+                           f"{len(idx)} triplets at granularity='sample'")
+    with torch.no_grad():
+        sim_vt = (z["video_vt"] * z["text_vt"][:, 0]).sum(-1).cpu().numpy()
+        sim_va = (z["video_va"] * z["audio_va"]).sum(-1).cpu().numpy()
+    lva, lvt = loss_va.detach().cpu().numpy(), loss_vt.detach().cpu().numpy()
+    rows = []
+    for j, i in enumerate(idx):
+        meta = clips.meta[i]
+        row = {"key": clips.keys[i], "cos": float(cos[j]), "loss_va": float(lva[j]),
+               "loss_vt": float(lvt[j]), "loss": float(lva[j] + lvt[j]),
+               "sim_vt": float(sim_vt[j]), "sim_va": float(sim_va[j]), "batch": n_batch,
+               "batch_size": int(len(idx)), "text": clips.texts[i]}
+        for flag in ("text_aligned", "audio_aligned"):
+            if flag in meta:
+                row[flag] = bool(meta[flag])
+        rows.append(row)
+    return rows
+
+
+def score_clips(model: torch.nn.Module, clips: ClipSet | Iterable[ClipSet], tokenizer,
+                batch_size: int,
                 k: int = 4, text_len: int = 16, temperature: float = 0.07, device="cpu",
                 progress: bool = True) -> list[dict]:
     """Per-clip scores (one dict per clip, in shard order; see the module docstring).
 
-    A final batch smaller than ``batch_size`` is scored as it is (fewer negatives); its size
-    is recorded in each row as ``batch_size``.
+    ``clips`` is a :class:`ClipSet` or an iterable of them (e.g. :func:`iter_clipsets` with
+    ``chunk=batch_size``, which keeps memory bounded); each is cut into batches of
+    ``batch_size``. A final batch smaller than ``batch_size`` is scored as it is (fewer
+    negatives); every row records the size of its batch as ``batch_size``.
     """
     from gradharmony.harmonize import Harmonizer
     from gradharmony.losses import mil_nce, nce
@@ -66,39 +105,21 @@ def score_clips(model: torch.nn.Module, clips: ClipSet, tokenizer, batch_size: i
     model.eval()
     harm = Harmonizer(model, method="baseline", granularity="sample", total_steps=1)
     rows: list[dict] = []
-    n = len(clips)
-    for start in tqdm(range(0, n, batch_size), desc="score", disable=not progress, leave=False):
-        idx = np.arange(start, min(n, start + batch_size))
-        batch = _batch(clips, idx, tokenizer, k, text_len, device)
+    parts = [clips] if isinstance(clips, ClipSet) else clips
+    n_batch = 0
+    bar = tqdm(desc="score", unit="clip", disable=not progress, leave=False)
+    try:
+        for part in parts:
+            for start in range(0, len(part), batch_size):
+                idx = np.arange(start, min(len(part), start + batch_size))
+                rows += _score_batch(model, harm, part, idx, tokenizer, k, text_len,
+                                     temperature, device, n_batch, mil_nce, nce)
+                n_batch += 1
+                bar.update(len(idx))
+    finally:
+        bar.close()
+        harm.remove()
         model.zero_grad(set_to_none=True)
-        out = model(batch)
-        z = {key: out[key].float() for key in ("video_va", "audio_va", "video_vt", "text_vt")}
-        loss_va = nce(z["video_va"], z["audio_va"], temperature=temperature, reduction="none")
-        loss_vt = mil_nce(z["video_vt"], z["text_vt"], temperature=temperature,
-                          candidate_mask=batch["candidate_mask"],
-                          sample_mask=batch["has_text"], reduction="none")
-        stats = harm.backward({"va": loss_va.mean(), "vt": loss_vt.mean()}, step=0)
-        model.zero_grad(set_to_none=True)
-        cos = stats.cos.detach().float().cpu().numpy()
-        if cos.shape[0] != len(idx):
-            raise RuntimeError(f"the Harmonizer returned {cos.shape[0]} cosines for a batch of "
-                               f"{len(idx)} triplets at granularity='sample'")
-        with torch.no_grad():
-            sim_vt = (z["video_vt"] * z["text_vt"][:, 0]).sum(-1).cpu().numpy()
-            sim_va = (z["video_va"] * z["audio_va"]).sum(-1).cpu().numpy()
-        lva, lvt = loss_va.detach().cpu().numpy(), loss_vt.detach().cpu().numpy()
-        for j, i in enumerate(idx):
-            meta = clips.meta[i]
-            row = {"key": clips.keys[i], "cos": float(cos[j]), "loss_va": float(lva[j]),
-                   "loss_vt": float(lvt[j]), "loss": float(lva[j] + lvt[j]),
-                   "sim_vt": float(sim_vt[j]), "sim_va": float(sim_va[j]),
-                   "batch": int(start // batch_size), "batch_size": int(len(idx)),
-                   "text": clips.texts[i]}
-            for flag in ("text_aligned", "audio_aligned"):
-                if flag in meta:
-                    row[flag] = bool(meta[flag])
-            rows.append(row)
-    model.zero_grad(set_to_none=True)
     return rows
 
 
