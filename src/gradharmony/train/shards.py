@@ -8,11 +8,22 @@ narration vocabulary from the training shards when the config names none.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+
+def shard_pattern(shards: str) -> str:
+    """A directory means its ``*.tar`` files; anything else is a glob or brace pattern.
+
+    Example:
+        >>> shard_pattern("/tmp"), shard_pattern("a/train-{0..3}.tar")
+        ('/tmp/*.tar', 'a/train-{0..3}.tar')
+    """
+    return os.path.join(shards, "*.tar") if os.path.isdir(shards) else shards
 
 
 def clip_spec(cfg: DictConfig):
@@ -55,7 +66,7 @@ def build_vocab(cfg: DictConfig, out: str | Path) -> Path:
     """Build the vocabulary from the narrations of the text sets of the mixture into ``out``."""
     from gradharmony.data import TextTokenizer
 
-    patterns = [s.shards for s in cfg.data.mixture if s.has_text]
+    patterns = [shard_pattern(s.shards) for s in cfg.data.mixture if s.has_text]
     tok = TextTokenizer.from_texts(narrations(patterns) if patterns else [""])
     tok.save(out)
     return Path(out)
@@ -72,7 +83,7 @@ class ShardBatches:
         from gradharmony.data import ShardSet, make_loader
 
         d = cfg.data
-        sets = [ShardSet(s.shards, weight=s.weight, text=s.has_text, name=f"mixture[{i}]")
+        sets = [ShardSet(shard_pattern(s.shards), weight=s.weight, text=s.has_text, name=f"mixture[{i}]")
                 for i, s in enumerate(d.mixture)]
         self.loader = make_loader(
             sets, clip_spec(cfg), str(vocab) if vocab is not None else None,
