@@ -83,7 +83,8 @@ class ShardBatches:
         from gradharmony.data import ShardSet, make_loader
 
         d = cfg.data
-        sets = [ShardSet(shard_pattern(s.shards), weight=s.weight, text=s.has_text, name=f"mixture[{i}]")
+        sets = [ShardSet(shard_pattern(s.shards), weight=s.weight, text=s.has_text,
+                         name=f"mixture[{i}]")
                 for i, s in enumerate(d.mixture)]
         self.loader = make_loader(
             sets, clip_spec(cfg), str(vocab) if vocab is not None else None,
