@@ -114,7 +114,7 @@ def pooled_cosines(conflicts: list[dict[int, np.ndarray]], max_bins: int = 60
     Example:
         >>> steps, cos = pooled_cosines([{0: np.array([0.1]), 1: np.array([0.3])}], max_bins=1)
         >>> steps.tolist(), cos[0].tolist()
-        [0.5, [0.1, 0.3]]
+        ([0.5], [0.1, 0.3])
     """
     merged: dict[int, list[np.ndarray]] = {}
     for conf in conflicts:
