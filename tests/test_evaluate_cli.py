@@ -151,3 +151,12 @@ def test_bad_runs_are_clear_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="single class"):
         main_eval(["--run", str(tiny / "run"), "--data", str(one), "--tasks", "probe",
                    "--quiet"])
+
+
+def test_iter_clipsets_chunks_in_shard_order(tiny):
+    from gradharmony.evaluate.clips import iter_clipsets
+
+    spec = clip_spec({"data": DATA})
+    parts = list(iter_clipsets(tiny / "data" / "retrieval", spec, 1, chunk=4, progress=False))
+    assert [len(p) for p in parts] == [4, 2]
+    assert [k for p in parts for k in p.keys] == [f"retrieval{i:03d}" for i in range(6)]
