@@ -1,0 +1,190 @@
+"""Harmonizer overhead: time and peak memory per training step, as ratios to plain training.
+
+Plain training is ``sum(losses).backward()``. Every configuration runs the same forward and
+losses on the VATT ``tiny`` preset at demo sizes (16 frames of 64x64, 2 s of 16 kHz audio,
+k=4 narrations of 16 tokens, batch 64). Timings are interleaved repetitions in one process
+(median per configuration); memory is the peak resident-set increase over one step, each
+configuration measured in a fresh process (``ru_maxrss``), since torch's CPU allocations are
+invisible to tracemalloc. The brute-force per-triplet loop (one masked backward per triplet
+and loss) is timed on a few triplets and scaled to the batch.
+
+Run: ``python benchmarks/harmonizer_overhead.py [--batch 64] [--reps 3] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from gradharmony.harmonize import Harmonizer
+from gradharmony.losses import mil_nce, nce
+from gradharmony.models import create_model
+
+CONFIGS = [
+    ("plain", None),
+    ("baseline", "batch"),
+    ("gr", "batch"),
+    ("both", "batch"),
+    ("gr", "sample"),
+    ("both", "sample"),
+    ("both", 8),
+    ("gradvac", "sample"),
+]
+
+
+def make_batch(b: int, vocab: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    k, length = 4, 16
+    text = torch.randint(1, vocab, (b, k, length), generator=g)
+    mask = torch.ones(b, k, length, dtype=torch.bool)
+    mask[:, :, 12:] = False
+    text[~mask] = 0
+    return {
+        "video": torch.rand(b, 16, 64, 64, 3, generator=g),
+        "audio": torch.rand(b, 32000, generator=g) * 2 - 1,
+        "text": text,
+        "text_mask": mask,
+        "candidate_mask": torch.ones(b, k, dtype=torch.bool),
+        "has_text": torch.ones(b, dtype=torch.bool),
+    }
+
+
+def losses_of(model, batch) -> dict:
+    out = model(batch)
+    return {
+        "va": nce(out["video_va"], out["audio_va"]),
+        "vt": mil_nce(out["video_vt"], out["text_vt"], candidate_mask=batch["candidate_mask"]),
+    }
+
+
+def make_step(model, method, granularity):
+    if method == "plain":
+
+        def step(batch):
+            model.zero_grad(set_to_none=True)
+            sum(losses_of(model, batch).values()).backward()
+
+        return step
+    def step(batch):
+        # one Harmonizer hooked at a time: every hooked Harmonizer records every forward
+        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3)
+        try:
+            model.zero_grad(set_to_none=True)
+            harm.backward(losses_of(model, batch))
+        finally:
+            harm.remove()
+
+    return step
+
+
+def brute_force_seconds(model, batch, triplets: int) -> float:
+    """Seconds for a per-triplet loop over ``triplets`` triplets (one masked backward each)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    out = model(batch)
+    losses = {
+        "va": nce(out["video_va"], out["audio_va"]),
+        "vt": mil_nce(out["video_vt"], out["text_vt"], candidate_mask=batch["candidate_mask"]),
+    }
+    keys = ["video_va", "audio_va", "video_vt", "text_vt"]
+    ups = {n: torch.autograd.grad(l, [out[k] for k in keys], retain_graph=True,
+                                  allow_unused=True) for n, l in losses.items()}  # fmt: skip
+    for i in range(triplets):
+        for up in ups.values():
+            masked = []
+            for key, u in zip(keys, up):
+                m = torch.zeros_like(out[key])
+                if u is not None:
+                    m[i] = u[i]
+                masked.append(m)
+            torch.autograd.grad([out[k] for k in keys], params, masked, retain_graph=True,
+                                allow_unused=True)  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def setup(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model("tiny", vocab_size=1000).train()
+    return model, make_batch(args.batch, 1000)
+
+
+def measure_memory(args) -> None:
+    """Child process: print the peak RSS increase (MiB) of one step of one configuration."""
+    model, batch = setup(args)
+    method, gran = args.memory
+    gran = int(gran) if gran.isdigit() else gran
+    step = make_step(model, method, None if gran == "None" else gran)
+    with torch.no_grad():
+        model(batch)  # warm up allocator paths without keeping activations
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(batch)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mib": (after - before) / 1024}))
+
+
+def memory_of(args, method, gran) -> float:
+    cmd = [sys.executable, __file__, "--batch", str(args.batch), "--threads", str(args.threads),
+           "--memory", method, str(gran)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--brute-triplets", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory:
+        measure_memory(args)
+        return 0
+    model, batch = setup(args)
+    steps = {c: make_step(model, *c) for c in CONFIGS}
+    times: dict = {c: [] for c in CONFIGS}
+    cpu: dict = {c: [] for c in CONFIGS}
+    for c in CONFIGS:  # warm-up
+        steps[c](batch)
+    bar = tqdm(total=args.reps * len(CONFIGS), desc="timing", file=sys.stderr)
+    for _ in range(args.reps):
+        for c in CONFIGS:
+            t0, c0 = time.perf_counter(), time.process_time()
+            steps[c](batch)
+            times[c].append(time.perf_counter() - t0)
+            cpu[c].append(time.process_time() - c0)
+            bar.update()
+    bar.close()
+    brute = brute_force_seconds(model, batch, args.brute_triplets) / args.brute_triplets
+    plain = statistics.median(times[("plain", None)])
+    plain_cpu = statistics.median(cpu[("plain", None)])
+    mem = {}
+    if not args.no_memory:
+        for c in tqdm(CONFIGS, desc="memory", file=sys.stderr):
+            mem[c] = memory_of(args, c[0], c[1])
+    print(f"batch {args.batch}, {args.threads} threads, plain step {plain:.3f} s wall, "
+          f"{plain_cpu:.3f} s CPU (medians of {args.reps})\n")  # fmt: skip
+    print("| method | granularity | wall time / plain | CPU time / plain | peak RSS / plain |")
+    print("|---|---|---|---|---|")
+    for c in CONFIGS:
+        t = statistics.median(times[c]) / plain
+        ct = statistics.median(cpu[c]) / plain_cpu
+        m = f"{mem[c] / mem[('plain', None)]:.2f}x" if mem else "-"
+        print(f"| {c[0]} | {c[1] or '-'} | {t:.2f}x | {ct:.2f}x | {m} |")
+    print(f"| brute-force loop | sample | {brute * args.batch / plain:.1f}x "
+          f"(from {args.brute_triplets} triplets) | - | - |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
