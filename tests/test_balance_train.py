@@ -97,14 +97,15 @@ def test_features_match_brute_force_pooling():
 
 def test_cli_single_run_and_table(tmp_path, capsys):
     out = tmp_path / "one"
+    small = ["--frames", "4", "--size", "16", "--cache-dir", str(tmp_path / "cache")]
     assert main(["--method", "ogm-ge", "--alpha", "0.8", "--epochs", "1", "--n-train", "64",
-                 "--n-test", "32", "--quiet", "--out", str(out)]) == 0
+                 "--n-test", "32", "--quiet", "--out", str(out), *small]) == 0
     res = json.loads((out / "result.json").read_text())
     assert set(res["probe"]) == {"audio", "visual"} and res["config"]["method"] == "ogm-ge"
     table = tmp_path / "table"
     assert main(["--table", "--methods", "audio", "ogm", "--fusions", "sum",
                  "--optimizers", "adam", "--seeds", "0", "1", "--epochs", "1",
-                 "--n-train", "64", "--n-test", "32", "--out", str(table)]) == 0
+                 "--n-train", "64", "--n-test", "32", "--out", str(table), *small]) == 0
     text = (table / "table.md").read_text()
     assert "| ogm | sum |" in text and "| audio | - |" in text
     assert len((table / "runs.jsonl").read_text().splitlines()) == 4

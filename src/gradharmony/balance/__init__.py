@@ -11,9 +11,14 @@ Example:
     {'audio': 1.0, 'visual': 1.0}
 """
 
-from gradharmony.balance.data import load_av_features, standin_av_arrays
+from gradharmony.balance.data import load_av_features
 from gradharmony.balance.encoders import ENCODERS, build_encoder, register_encoder
-from gradharmony.balance.features import audio_features, extract_features, video_features
+from gradharmony.balance.features import (
+    audio_features,
+    extract_features,
+    video_features,
+    with_motion,
+)
 from gradharmony.balance.fusion import FUSIONS, build_fusion
 from gradharmony.balance.gblend import gblend_weights, overfit_to_generalization_ratio
 from gradharmony.balance.mdrop import modality_drop_masks
@@ -34,5 +39,5 @@ __all__ = [
     "extract_features", "gblend_weights", "load_av_features", "modality_drop_masks",
     "modality_scores", "modulate_gradients", "ogm_coefficients",
     "overfit_to_generalization_ratio", "prepare_splits", "register_encoder",
-    "select_parameters", "standin_av_arrays", "train_av", "video_features",
+    "select_parameters", "train_av", "video_features", "with_motion",
 ]

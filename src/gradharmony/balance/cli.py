@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="default 0.05 (SGD, momentum 0.9) or 2e-3 (Adam)")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="model init / batch order seed")
     p.add_argument("--encoder", default="conv1d", help="encoder registry name")
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-test", type=int, default=1500)
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=16, help="video frames per clip (8 fps)")
+    p.add_argument("--size", type=int, default=32, help="frame height and width")
+    p.add_argument("--cache-dir", default="runs/train-av-cache",
+                   help="where extracted features are cached ('' to disable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write result JSON (one run) or table files here")
     p.add_argument("--table", action="store_true",
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(str(err))
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
-    data = load_av_features(args.n_train, args.n_test, seed=args.data_seed)
+    data = load_av_features(args.n_train, args.n_test, seed=args.data_seed,
+                            clip={"frames": args.frames, "size": args.size},
+                            cache_dir=args.cache_dir or None)
     train, test = prepare_splits(data["train"], data["test"])
     if args.table:
         from gradharmony.balance.table import grid_configs, markdown_tables, plot_balance, run_grid

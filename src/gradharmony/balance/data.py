@@ -1,85 +1,64 @@
-"""Audio-visual classification data for ``train-av``: raw arrays -> feature splits.
+"""Audio-visual classification data for ``train-av``: the synthetic set -> feature splits.
 
-The default source is ``gradharmony.data.synthetic.av_classification_arrays`` (a set in which
-audio is much more informative than video, as in CREMA-D). Until that generator is
-available, :func:`standin_av_arrays` provides arrays of the same layout.
+The source is :func:`gradharmony.data.synthetic.av_classification_arrays`, a set in which
+audio is much more informative than video (as in CREMA-D): train is samples
+``0 .. n_train - 1`` and test samples ``n_train .. n_train + n_test - 1`` of the same seed
+(the layout of the ``av`` split on disk). Features are extracted once and cached.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import hashlib
+import json
+import os
+
 import torch
 
 from gradharmony.balance.features import extract_features
 
+#: CPU default of the raw clips: 2 s, 16 frames of 32 x 32 at 8 fps, 8 kHz audio.
+DEFAULT_CLIP = {"frames": 16, "fps": 8.0, "size": 32, "sample_rate": 8000}
+#: CPU default of the features: 8 x 8 thumbnails + frame differences; 16 x 24 log bands.
+DEFAULT_FEATURES = {"grid": 8, "frames": 16, "bands": 24, "motion": True}
 
-def standin_av_arrays(
-    n: int, seed: int = 0, num_classes: int = 6, frames: int = 4, size: int = 16,
-    samples: int = 4000, audio_reliability: float = 0.85, video_reliability: float = 0.6,
+
+def load_av_features(
+    n_train: int, n_test: int, seed: int = 0, clip: dict | None = None,
+    features: dict | None = None, cache_dir: str | None = None,
 ) -> dict:
-    """Small audio-visual set of the synthetic generator's layout, audio dominant.
+    """Feature splits ``{"train": ..., "test": ..., "class_names": [...], "source": str}``.
 
-    Class c: a tone at frequency ``f_c`` (audio) and a square of colour/position c (video).
-    Each modality shows its own class with probability ``*_reliability``, otherwise another
-    class's cue drawn independently per modality, so the two are complementary.
-
-    Example:
-        >>> a = standin_av_arrays(5, seed=1)
-        >>> a["video"].shape, a["video"].dtype, a["audio"].shape, a["label"].tolist()[:2]
-        ((5, 4, 16, 16, 3), dtype('uint8'), (5, 4000), [2, 3])
-    """
-    rng = np.random.default_rng(seed)
-    y = rng.integers(num_classes, size=n)
-
-    def cue(rel):
-        other = (y + rng.integers(1, num_classes, size=n)) % num_classes
-        return np.where(rng.random(n) < rel, y, other)
-
-    ca, cv = cue(audio_reliability), cue(video_reliability)
-    t = np.arange(samples) / 8000.0
-    freqs = 300.0 * 1.45 ** np.arange(num_classes)
-    phase = rng.uniform(0, 2 * np.pi, size=(n, 1))
-    audio = 0.3 * np.sin(2 * np.pi * freqs[ca][:, None] * t + phase)
-    audio += rng.normal(0, 0.3, size=audio.shape)
-    video = rng.normal(0.45, 0.25, size=(n, frames, size, size, 3))
-    colors = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]], float)
-    half = size // 2
-    for i in range(n):
-        c = cv[i]
-        r0 = (c % 2) * half + rng.integers(0, half // 2)
-        c0 = (c // 2 % 2) * half + rng.integers(0, half // 2)
-        video[i, :, r0:r0 + half // 2 + 2, c0:c0 + half // 2 + 2] += 0.35 * colors[c % 6]
-    video = (np.clip(video, 0, 1) * 255).astype(np.uint8)
-    return {"video": video, "audio": np.clip(audio, -1, 1).astype(np.float32),
-            "label": y.astype(np.int64),
-            "class_names": [f"class{c}" for c in range(num_classes)]}
-
-
-def av_arrays(n: int, seed: int, **kwargs) -> tuple[dict, str]:
-    """Raw arrays from the synthetic generator, or the stand-in when it is unavailable."""
-    try:
-        from gradharmony.data.synthetic import av_classification_arrays
-    except ImportError:
-        return standin_av_arrays(n, seed, **kwargs), "standin"
-    return av_classification_arrays(n, seed=seed, **kwargs), "gradharmony.data.synthetic"
-
-
-def load_av_features(n_train: int, n_test: int, seed: int = 0, **kwargs) -> dict:
-    """Feature splits ``{"train": ..., "test": ..., "source": str, "class_names": [...]}``.
-
-    Train and test are generated with different seeds (``seed`` and ``seed + 10_000``).
+    ``clip`` overrides :data:`DEFAULT_CLIP` (any argument of ``av_classification_arrays``),
+    ``features`` overrides :data:`DEFAULT_FEATURES`. With ``cache_dir`` the features are
+    saved there under a name derived from all settings, and reloaded on the next call.
 
     Example:
-        >>> d = load_av_features(8, 4, seed=0)
-        >>> d["train"]["audio"].shape[0], d["test"]["visual"].shape[0]
-        (8, 4)
+        >>> d = load_av_features(3, 2, seed=0, clip={"frames": 4, "size": 16})
+        >>> d["train"]["audio"].shape[0], d["test"]["visual"].shape, d["class_names"][0]
+        (3, torch.Size([2, 3, 384]), 'bouncing')
     """
-    tr_raw, source = av_arrays(n_train, seed, **kwargs)
-    te_raw, _ = av_arrays(n_test, seed + 10_000, **kwargs)
-    return {"train": extract_features(tr_raw), "test": extract_features(te_raw),
-            "source": source, "class_names": list(tr_raw.get("class_names", []))}
+    from gradharmony.data.synthetic import av_classification_arrays
 
-
-def as_tensors(split: dict) -> dict:
-    """Make sure every array of a split is a torch tensor."""
-    return {k: torch.as_tensor(v) for k, v in split.items()}
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
+    clip = {**DEFAULT_CLIP, **(clip or {})}
+    feats = {**DEFAULT_FEATURES, **(features or {})}
+    settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "clip": clip,
+                "features": feats}
+    path = None
+    if cache_dir:
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        path = os.path.join(cache_dir, f"av-features-{digest}.pt")
+        if os.path.exists(path):
+            return torch.load(path)
+    tr = av_classification_arrays(n_train, seed, start=0, **clip)
+    te = av_classification_arrays(n_test, seed, start=n_train, **clip)
+    out = {"train": extract_features(tr, **feats), "test": extract_features(te, **feats),
+           "class_names": list(tr["class_names"]),
+           "source": f"gradharmony.data.synthetic.av_classification_arrays {settings}"}
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + ".tmp"
+        torch.save(out, tmp)
+        os.replace(tmp, path)
+    return out

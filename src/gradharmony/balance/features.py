@@ -1,7 +1,8 @@
 """Low-dimensional inputs for the CPU default, pre-extracted once from raw clips.
 
-- video ``uint8 [n, T, H, W, 3]`` -> ``float32 [n, T, 3 * grid^2]``: each frame average-pooled
-  to a ``grid x grid`` colour thumbnail, scaled to [0, 1];
+- video ``uint8 [n, T, H, W, 3]`` -> ``float32 [n, T - 1, 2 * 3 * grid^2]``: each frame
+  average-pooled to a ``grid x grid`` colour thumbnail in [0, 1], concatenated with its
+  difference to the previous thumbnail (the synthetic classes are motions);
 - audio ``float32 [n, S]`` -> ``float32 [n, frames, bands]``: log-magnitude STFT (Hann window
   ``n_fft``), frequency bins averaged into ``bands`` equal-width bands, time into ``frames``.
 
@@ -71,20 +72,37 @@ def standardize(train: torch.Tensor, *others: torch.Tensor, eps: float = 1e-6):
     return tuple((x - mean) / std for x in (train, *others))
 
 
-def extract_features(arrays: dict, grid: int = 4, frames: int = 16, bands: int = 24) -> dict:
+def with_motion(v: torch.Tensor) -> torch.Tensor:
+    """``[n, T, D]`` -> ``[n, T - 1, 2D]``: each frame (from the second) with its difference
+    to the previous one, so the encoder sees motion directly.
+
+    Example:
+        >>> with_motion(torch.tensor([[[1.0], [3.0], [6.0]]])).tolist()
+        [[[3.0, 2.0], [6.0, 3.0]]]
+    """
+    if v.shape[1] < 2:
+        raise ValueError(f"motion features need at least 2 frames, got {v.shape[1]}")
+    return torch.cat([v[:, 1:], v[:, 1:] - v[:, :-1]], dim=2)
+
+
+def extract_features(arrays: dict, grid: int = 8, frames: int = 16, bands: int = 24,
+                     motion: bool = True) -> dict:
     """``{"video", "audio", "label"}`` raw arrays -> ``{"visual", "audio", "label"}`` tensors.
+
+    The visual sequence is :func:`video_features` (with :func:`with_motion` when ``motion``).
 
     Example:
         >>> raw = {"video": np.zeros((2, 3, 8, 8, 3), np.uint8),
         ...        "audio": np.zeros((2, 1000), np.float32), "label": np.array([0, 1])}
         >>> {k: tuple(v.shape) for k, v in extract_features(raw, grid=2).items()}
-        {'visual': (2, 3, 12), 'audio': (2, 16, 24), 'label': (2,)}
+        {'visual': (2, 2, 24), 'audio': (2, 16, 24), 'label': (2,)}
     """
     for key in ("video", "audio", "label"):
         if key not in arrays:
             raise ValueError(f"audio-visual arrays need key {key!r}, got {sorted(arrays)}")
+    v = video_features(arrays["video"], grid)
     return {
-        "visual": video_features(arrays["video"], grid),
+        "visual": with_motion(v) if motion else v,
         "audio": audio_features(arrays["audio"], frames, bands),
         "label": torch.as_tensor(np.asarray(arrays["label"]), dtype=torch.int64),
     }

@@ -25,12 +25,12 @@ def grid_configs(base: AVConfig, methods, fusions, optimizers, seeds) -> list[AV
 
     Example:
         >>> cfgs = grid_configs(AVConfig(), ["audio", "joint"], ["sum", "concat"], ["sgd"], [0])
-        >>> [(c.method, c.fusion) for c in cfgs]
+        >>> [(c.method, c.extra["fusion_label"]) for c in cfgs]
         [('audio', '-'), ('joint', 'sum'), ('joint', 'concat')]
     """
     out = []
-    for opt in optimizers:
-        for seed in seeds:
+    for seed in seeds:
+        for opt in optimizers:
             for method in methods:
                 fus = ["-"] if method in MODALITIES else list(fusions)
                 for f in fus:

@@ -43,7 +43,7 @@ class AVConfig:
     optimizer: str = "sgd"
     lr: float | None = None            # None: 0.05 for SGD (momentum 0.9), 2e-3 for Adam
     weight_decay: float = 1e-4
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 64
     seed: int = 0
     encoder: str = "conv1d"
