@@ -115,17 +115,11 @@ class VATT(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """``video`` -> ``video_feat`` [B, D], ``video_va`` [B, va], ``video_vt`` [B, vt]."""
-        video = validation.video_channels_last(video, self.config)
-        feat = self._pool("video", self.video_tokenizer(video))
-        va, vt = self.head.video(feat)
-        return {"video_feat": feat, "video_va": F.normalize(va, dim=-1),
-                "video_vt": F.normalize(vt, dim=-1)}
+        return self._video(validation.video_channels_last(video, self.config))
 
     def encode_audio(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """``audio`` [B, S] -> ``audio_feat`` [B, D], ``audio_va`` [B, va]."""
-        audio = validation.audio_waveform(audio, self.config)
-        feat = self._pool("audio", self.audio_tokenizer(audio))
-        return {"audio_feat": feat, "audio_va": F.normalize(self.head.audio(feat), dim=-1)}
+        return self._audio(validation.audio_waveform(audio, self.config))
 
     def encode_text(self, text: torch.Tensor,
                     text_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -133,7 +127,19 @@ class VATT(nn.Module):
 
         The k candidates run as ``B * k`` rows (row ``r`` = triplet ``r // k``).
         """
-        text, text_mask = validation.text_ids(text, text_mask, self.config)
+        return self._text(*validation.text_ids(text, text_mask, self.config))
+
+    def _video(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        feat = self._pool("video", self.video_tokenizer(video))
+        va, vt = self.head.video(feat)
+        return {"video_feat": feat, "video_va": F.normalize(va, dim=-1),
+                "video_vt": F.normalize(vt, dim=-1)}
+
+    def _audio(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        feat = self._pool("audio", self.audio_tokenizer(audio))
+        return {"audio_feat": feat, "audio_va": F.normalize(self.head.audio(feat), dim=-1)}
+
+    def _text(self, text: torch.Tensor, text_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         B, k, L = text.shape
         tokens = self.text_tokenizer(text.reshape(B * k, L))
         feat = self._pool("text", tokens, text_mask.reshape(B * k, L))
@@ -147,16 +153,19 @@ class VATT(nn.Module):
         present = [m for m in MODALITIES if batch.get(m) is not None]
         if not present:
             raise ValueError("batch holds none of the keys 'video', 'audio', 'text'")
-        sizes = {m: batch[m].shape[0] for m in present if isinstance(batch[m], torch.Tensor)}
-        if sizes:
-            validation.same_batch(sizes)
-        out: dict[str, torch.Tensor] = {}
+        cfg = self.config
+        inputs = {}
         if "video" in present:
-            out.update(self.encode_video(batch["video"]))
+            inputs["video"] = (validation.video_channels_last(batch["video"], cfg),)
         if "audio" in present:
-            out.update(self.encode_audio(batch["audio"]))
+            inputs["audio"] = (validation.audio_waveform(batch["audio"], cfg),)
         if "text" in present:
-            out.update(self.encode_text(batch["text"], batch.get("text_mask")))
+            inputs["text"] = validation.text_ids(batch["text"], batch.get("text_mask"), cfg)
+        validation.same_batch({m: args[0].shape[0] for m, args in inputs.items()})
+        encoders = {"video": self._video, "audio": self._audio, "text": self._text}
+        out: dict[str, torch.Tensor] = {}
+        for m, args in inputs.items():
+            out.update(encoders[m](*args))
         return out
 
 
