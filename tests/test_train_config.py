@@ -52,7 +52,7 @@ def test_cli_reports_config_errors_before_work(capsys, tmp_path):
 def test_demo_preset_fits_the_cpu_budget():
     cfg = load_config(CONFIGS / "demo.yaml", check=False)
     assert cfg.method == "both" and cfg.model.preset == "tiny" and cfg.device == "cpu"
-    assert cfg.data.frames == 16 and cfg.data.crop == 64 and cfg.data.audio_rate == 16000
+    assert cfg.data.frames == 8 and cfg.data.crop == 64 and cfg.data.audio_rate == 16000
     assert 100 <= cfg.steps <= 1000
 
 
