@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -100,6 +101,20 @@ class ClipSpec:
         return asdict(self)
 
 
+_REFORMATTER: dict[int, object] = {}
+
+
+def _reformatter():
+    """One ``VideoReformatter`` per process: it keeps its scaler between frames (10x faster
+    than ``frame.reformat``, which builds a new one per call)."""
+    pid = os.getpid()
+    if pid not in _REFORMATTER:
+        from av.video.reformatter import VideoReformatter
+
+        _REFORMATTER[pid] = VideoReformatter()
+    return _REFORMATTER[pid]
+
+
 def _resize_square(frame, size: int) -> np.ndarray:
     """Resize an ``av.VideoFrame`` to short side ``size`` and keep the central square (uint8)."""
     w, h = frame.width, frame.height
@@ -107,7 +122,8 @@ def _resize_square(frame, size: int) -> np.ndarray:
         nw, nh = size, max(size, int(round(h * size / w)))
     else:
         nw, nh = max(size, int(round(w * size / h))), size
-    img = frame.reformat(width=nw, height=nh, format="rgb24", interpolation="AREA")
+    img = _reformatter().reformat(frame, width=nw, height=nh, format="rgb24",
+                                  interpolation="AREA")
     arr = img.to_ndarray()
     top, left = (nh - size) // 2, (nw - size) // 2
     return np.ascontiguousarray(arr[top:top + size, left:left + size])
@@ -184,6 +200,7 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
     resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.audio_rate)
                  if astream is not None else None)
     audio_done = astream is None
+    resampled = False  # mono float audio at the target rate skips the resampler
     streams = [vstream] + ([astream] if astream is not None else [])
 
     def take_video(frame) -> None:
@@ -205,7 +222,11 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
         if a0 is None:
             t = float(frame.time) if frame.time is not None else 0.0
             a0 = t - (v0 or 0.0)
-        for out in resampler.resample(frame):
+        nonlocal resampled
+        direct = (frame.sample_rate == spec.audio_rate and frame.layout.nb_channels == 1
+                  and frame.format.name in ("flt", "fltp"))
+        resampled = resampled or not direct
+        for out in [frame] if direct else resampler.resample(frame):
             arr = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             audio_chunks.append(arr)
             audio_have += arr.size
@@ -251,7 +272,7 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
     frames = np.stack(picked)
     if astream is None:
         return frames, np.zeros(n_audio, np.float32), False
-    if resampler is not None and not audio_done:
+    if resampled and not audio_done:
         try:
             for out in resampler.resample(None):
                 audio_chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
