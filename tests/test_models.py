@@ -98,6 +98,10 @@ def test_medium_is_near_the_published_size():
             + count_parameters(model.text_tokenizer.pre_proj))
     assert 150e6 < core < 160e6
     assert 180e6 < count_parameters(model) < 185e6  # + projections, tables, heads, word table
+    with torch.device("meta"):
+        frozen = create_model("medium", text_embed_trainable=False)
+    assert (count_parameters(frozen) - count_parameters(frozen, trainable_only=True)
+            == 2**16 * 300)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])

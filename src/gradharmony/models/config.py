@@ -21,7 +21,9 @@ class VATTConfig:
 
     Backbone: ``depth`` pre-norm transformer layers of ``width`` with ``heads`` heads and an MLP
     of ``mlp_dim`` (GELU), ``dropout`` on residual branches and attention weights. Text ids are
-    embedded in ``text_embed_dim`` then projected to ``width``. ``droptoken_rate`` is the
+    embedded in ``text_embed_dim`` then projected to ``width``; VATT keeps pre-trained word2vec
+    vectors frozen, we learn them unless ``text_embed_trainable=False`` (e.g. after loading
+    pre-trained vectors into ``model.text_tokenizer.embed``). ``droptoken_rate`` is the
     fraction of video/audio tokens dropped during training. ``grad_checkpointing`` recomputes
     each layer in the backward pass.
 
@@ -53,6 +55,7 @@ class VATTConfig:
     # text
     vocab_size: int = 8192
     text_embed_dim: int = 128
+    text_embed_trainable: bool = True
     max_words: int = 16
     num_candidates: int = 4
     # heads

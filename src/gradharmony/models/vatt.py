@@ -71,6 +71,7 @@ class VATT(nn.Module):
         self.post_proj = nn.ModuleDict({m: nn.Linear(D, D) for m in MODALITIES})
         self.head = FACHead(D, cfg.va_dim, cfg.vt_dim, cfg.head_norm)
         self.apply(_init_weights)
+        self.text_tokenizer.embed.weight.requires_grad_(cfg.text_embed_trainable)
 
     # -- structure -----------------------------------------------------------------------
     def backbone_for(self, modality: str) -> Transformer:
@@ -203,7 +204,8 @@ def create_model(preset: str | VATTConfig = "tiny", modality_agnostic: bool = Tr
 def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     """Replace the heads' BatchNorm by SyncBatchNorm (statistics over all ranks under DDP).
 
-    Note that the Harmonizer's per-triplet gradients support ``nn.BatchNorm1d`` only.
+    Use it for DDP training with ``head_norm="batchnorm"`` (VATT's cross-replica BatchNorm);
+    the Harmonizer supports SyncBatchNorm.
 
     Example:
         >>> m = convert_sync_batchnorm(create_model("tiny", depth=1, vocab_size=10))
