@@ -34,6 +34,8 @@ TENSOR_KEYS = {
 def collate(samples: Sequence[dict]) -> dict:
     """Stack per-sample dicts into a batch: tensors for :data:`TENSOR_KEYS`, lists otherwise.
 
+    ``video`` may be float in [0, 1] or uint8 (divided by 255 here).
+
     Raises ``ValueError`` naming the key when a sample misses one or shapes disagree.
     """
     if not samples:
@@ -52,7 +54,11 @@ def collate(samples: Sequence[dict]) -> dict:
         shapes = {v.shape for v in values}
         if len(shapes) > 1:
             raise ValueError(f"collate: {name!r} shapes differ across the batch: {sorted(shapes)}")
-        batch[name] = torch.from_numpy(np.stack(values)).to(dtype)
+        stacked = torch.from_numpy(np.stack(values))
+        if name == "video" and stacked.dtype == torch.uint8:
+            batch[name] = stacked.to(dtype).div_(255.0)  # uint8 crops -> [0, 1]
+        else:
+            batch[name] = stacked.to(dtype)
     batch["key"] = [str(s.get("key", "")) for s in samples]
     batch["meta"] = [dict(s.get("meta") or {}) for s in samples]
     return batch

@@ -417,7 +417,7 @@ class TriModalDataset(IterableDataset):
                                      self._g])
         source = self.sources[item.set_index]
         frames, audio, has_audio, text, meta = source.load(item, self.spec, self.train, rng)
-        video = augment_frames(frames, self.spec, train=self.train, rng=rng)
+        video = augment_frames(frames, self.spec, train=self.train, rng=rng, as_float=False)
         k, length = self.k, self.text_length
         if self.sets[item.set_index].text:
             neighbors = meta.get("neighbors") or []
@@ -496,6 +496,11 @@ def _reset(counter: SkipCounter) -> SkipCounter:
     return counter
 
 
+def _no_collate(batch: dict) -> dict:
+    """Batches are collated by the dataset: the DataLoader passes them on untouched."""
+    return batch
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -554,7 +559,8 @@ class ClipLoader:
         kwargs = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, **kwargs)
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
+                            collate_fn=_no_collate, **kwargs)
         for batch in loader:
             self._positions[int(batch.pop("_reader"))] = batch.pop("_position")
             self.skipped.update(batch["skipped"])

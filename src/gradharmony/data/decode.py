@@ -291,11 +291,13 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
 
 
 def augment_frames(frames: np.ndarray, spec: ClipSpec, *, train: bool,
-                   rng: np.random.Generator | None = None) -> np.ndarray:
+                   rng: np.random.Generator | None = None, as_float: bool = True
+                   ) -> np.ndarray:
     """Crop uint8 ``[T, size, size, 3]`` frames to float32 ``[T, crop, crop, 3]`` in [0, 1].
 
     Training: one random crop position and a horizontal flip with probability 1/2, shared by
-    all frames of the clip. Evaluation: the centre crop.
+    all frames of the clip. Evaluation: the centre crop. ``as_float=False`` returns the uint8
+    crop (the loader converts whole batches at once, which is faster).
 
     Example:
         >>> spec = ClipSpec(frames=1, fps=1.0, size=4, crop=2, seconds=1.0)
@@ -320,6 +322,8 @@ def augment_frames(frames: np.ndarray, spec: ClipSpec, *, train: bool,
     out = frames[:, top:top + c, left:left + c]
     if flip:
         out = out[:, :, ::-1]
+    if not as_float:
+        return np.ascontiguousarray(out)
     return out.astype(np.float32) / np.float32(255.0)
 
 

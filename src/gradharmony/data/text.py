@@ -55,6 +55,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer) -> None:
         self._tok = tokenizer
+        self._memo: dict[str, list[int]] = {}  # narrations recur as neighbours: memoise
         vocab = tokenizer.get_vocab()
         if vocab.get(PAD) != PAD_ID or vocab.get(UNK) != UNK_ID:
             raise ValueError(f"TextTokenizer: the vocabulary must map {PAD}->0 and {UNK}->1, got "
@@ -105,7 +106,13 @@ class TextTokenizer:
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of one text, without padding or truncation."""
-        return self._tok.encode(text).ids
+        ids = self._memo.get(text)
+        if ids is None:
+            ids = self._tok.encode(text).ids
+            if len(self._memo) >= 200_000:
+                self._memo.clear()
+            self._memo[text] = ids
+        return list(ids)
 
     def encode(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
         """Encode to int64 ids ``[N, length]`` (0-padded, truncated) and a bool mask."""
