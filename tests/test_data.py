@@ -374,3 +374,16 @@ def test_skip_counter_and_collate_errors():
         collate([{k: v for k, v in s.items() if k != "label"}])
     with pytest.raises(ValueError, match="crop=80 is larger than size=72"):
         ClipSpec(crop=80)
+
+
+def test_every_public_name_resolves_and_import_is_cheap():
+    import subprocess
+    import sys
+
+    import gradharmony.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    code = "import sys, gradharmony.data; print('torch' in sys.modules, 'av' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

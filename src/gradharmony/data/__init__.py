@@ -9,7 +9,11 @@ Names are imported on first use, so ``import gradharmony.data`` stays cheap.
 - :func:`gradharmony.data.collate.collate`: samples -> the batch dict of
   ``docs/architecture.md`` (the name ``gradharmony.data.collate`` is that module)
 - :func:`build_cache`, :func:`open_cache`: the decoded-clip cache
+- :func:`make_shards`: a folder of videos + a caption manifest -> shards
 - :func:`encode_mp4`, :class:`ShardWriter`, :func:`write_shards`: writing shards
+- :func:`generate_synthetic` (``gradharmony.data.synthetic.generate.generate``),
+  :class:`ClipSize`, :class:`NoiseConfig`, :func:`noise_config`,
+  :func:`av_classification_arrays`, :class:`AVConfig`: the synthetic benchmark
 
 Example:
     >>> from gradharmony.data import ClipSpec
@@ -21,15 +25,20 @@ from __future__ import annotations
 
 import importlib
 
+# exported name -> (module under gradharmony.data, attribute)
 _EXPORTS = {
-    "ClipSpec": "decode", "SampleError": "decode", "decode_clip": "decode",
-    "decode_clip_raw": "decode", "augment_frames": "decode",
-    "TextTokenizer": "text",
-    "ShardSet": "dataset", "SkipCounter": "dataset", "SKIP_REASONS": "dataset",
-    "ClipLoader": "dataset", "TriModalDataset": "dataset", "make_loader": "dataset",
-    "iter_tar_groups": "dataset",
-    "build_cache": "cache", "open_cache": "cache",
-    "encode_mp4": "writer", "ShardWriter": "writer", "write_shards": "writer",
+    **{n: ("decode", n) for n in ("ClipSpec", "SampleError", "decode_clip", "decode_clip_raw",
+                                  "augment_frames")},
+    "TextTokenizer": ("text", "TextTokenizer"),
+    **{n: ("dataset", n) for n in ("ShardSet", "SkipCounter", "SKIP_REASONS", "ClipLoader",
+                                   "TriModalDataset", "make_loader", "iter_tar_groups")},
+    "build_cache": ("cache", "build_cache"),
+    "open_cache": ("cache", "open_cache"),
+    "make_shards": ("make_shards", "make_shards"),
+    **{n: ("writer", n) for n in ("encode_mp4", "ShardWriter", "write_shards")},
+    "generate_synthetic": ("synthetic.generate", "generate"),
+    **{n: ("synthetic.plan", n) for n in ("ClipSize", "NoiseConfig", "noise_config")},
+    **{n: ("synthetic", n) for n in ("av_classification_arrays", "AVConfig")},
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,7 +46,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"gradharmony.data.{_EXPORTS[name]}"), name)
+        module, attr = _EXPORTS[name]
+        value = getattr(importlib.import_module(f"gradharmony.data.{module}"), attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gradharmony.data' has no attribute {name!r}")
