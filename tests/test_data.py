@@ -349,12 +349,13 @@ def test_vocab_round_trip(shards12, tmp_path):
     assert main_build_vocab(["--shards", shards12, "--out", str(out), "--quiet"]) == 0
     tok = TextTokenizer.load(out)
     vocab = json.loads(out.read_text())["model"]["vocab"]
-    # 12 narrations "clip number i": "clip"/"number" 12 times each, then the digits
-    want = {"[PAD]": 0, "[UNK]": 1, "clip": 2, "number": 3}
+    # 12 narrations "clip number i" and neighbours "after i", "before i": the words 12 times
+    # each (ties by spelling), then the numbers 0..11, 3 times each
+    want = {"[PAD]": 0, "[UNK]": 1, "after": 2, "before": 3, "clip": 4, "number": 5}
     assert {w: vocab[w] for w in want} == want
     assert sorted(vocab) == sorted(want.keys() | {str(i) for i in range(12)})
     ids, mask = tok.encode(["Clip number 7", "unseen words here"], length=5)
-    assert ids.tolist() == [[2, 3, vocab["7"], 0, 0], [1, 1, 1, 0, 0]]
+    assert ids.tolist() == [[4, 5, vocab["7"], 0, 0], [1, 1, 1, 0, 0]]
     assert mask.sum(1).tolist() == [3, 3]
     assert tok.decode(ids[0]) == "clip number 7"
 

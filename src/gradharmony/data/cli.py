@@ -53,7 +53,8 @@ def main_make_shards(argv: list[str] | None = None) -> int:
 
 
 def narrations(patterns: list[str], progress: bool = True):
-    """Yield the non-empty ``.txt`` narrations of the shards matching ``patterns``."""
+    """Yield the narrations of the shards matching ``patterns``: each non-empty ``.txt`` and
+    the ``neighbors`` of each ``.json`` (so candidates from clips outside the set are known)."""
     from tqdm import tqdm
 
     for path in tqdm(ShardSet(patterns).paths(), desc="reading narrations", unit="shard",
@@ -64,10 +65,15 @@ def narrations(patterns: list[str], progress: bool = True):
             _, files = group
             try:
                 text = files.get("txt", b"").decode("utf-8").strip()
-            except UnicodeDecodeError:
+                meta = json.loads(files["json"]) if "json" in files else {}
+            except (UnicodeDecodeError, ValueError):
                 continue
             if text:
                 yield text
+            neighbors = meta.get("neighbors") if isinstance(meta, dict) else None
+            for n in neighbors if isinstance(neighbors, list) else []:
+                if isinstance(n, str) and n.strip():
+                    yield n
 
 
 def main_build_vocab(argv: list[str] | None = None) -> int:
