@@ -94,11 +94,12 @@ def test_conv_variants_frozen_layers_and_three_losses(strategy):
     assert model.frozen.weight.grad is None
 
 
-def test_batchnorm_layer_by_layer_definition():
+@pytest.mark.parametrize("norm", [nn.BatchNorm1d, nn.SyncBatchNorm])
+def test_batchnorm_layer_by_layer_definition(norm):
     """Training-mode BatchNorm mixes rows; the per-sample gradients are defined layer by layer:
     each layer's rows of its input (x_hat for BN) times the gradient at its output."""
     torch.manual_seed(0)
-    lin1, bn, lin2 = nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+    lin1, bn, lin2 = nn.Linear(5, 6), norm(6), nn.Linear(6, 3)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.normal_()

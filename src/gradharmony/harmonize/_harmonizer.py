@@ -356,6 +356,9 @@ class Harmonizer:
                 raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
             for c, g in zip(records, grads):
                 c.deltas.append(g)
+        del outs, grads
+        for c in records:
+            c.out = None  # the graph is freed; keep only inputs and output gradients
         with torch.no_grad():
             return self._grouped_update(names, records, G, L, step)
 
@@ -371,6 +374,8 @@ class Harmonizer:
         gram = torch.zeros(G, L, L, dtype=torch.float64)
         for work in works:
             gram += work.gram()
+            if not work.recompute_weight:
+                work.release()
         weights, stats = self._decide(names, gram, step)
         updates: dict[int, Tensor] = {}
         for work in works:

@@ -28,8 +28,8 @@ class Call:
     """One recorded forward of a supported module."""
 
     module: nn.Module
-    inp: Tensor
-    out: Tensor
+    inp: Tensor | None
+    out: Tensor | None
     stats: tuple[Tensor, Tensor] | None = None  # BatchNorm (mean, invstd) used in the forward
     deltas: list[Tensor | None] = field(default_factory=list)  # per loss, at ``out``
 
@@ -223,7 +223,8 @@ class ModuleWork:
         a_rows = [linear_form(c) for c in calls]
         n = [a.shape[0] // G * a.shape[1] for a in a_rows]
         d_in = a_rows[0].shape[-1]
-        d_out = calls[0].out.shape[1 if self.kind == "conv" else -1]
+        m = self.module
+        d_out = m.out_channels if self.kind == "conv" else m.out_features
         reach = [sum(d is not None for d in c.deltas) for c in calls]
         update = sum(ni * d_in * d_out for ni in n)
         mat = sum(ni * d_in * d_out * r for ni, r in zip(n, reach))
@@ -333,6 +334,37 @@ class ModuleWork:
         self.sparse = (uniq % num, group_of, per_loss)
         return out
 
+    def release(self) -> None:
+        """Drop the recorded tensors once the update no longer needs them."""
+        for call in self.calls:
+            call.inp, call.deltas = None, []
+
+    def _weighted_weight_grad(self, call: Call, w: Tensor) -> Tensor | None:
+        """``A^T (sum_l w_l Delta^l)`` of one call, rows weighted by their group's weights."""
+        reached = [l for l, d in enumerate(call.deltas) if d is not None]
+        if not reached:
+            return None
+        a = linear_form(call)
+        n, t, d_in = a.shape
+        rep = w.repeat_interleave(n // self.G, dim=0)  # [N, L]
+        deltas = {l: linear_form(call, call.deltas[l]) for l in reached}
+        d_out = deltas[reached[0]].shape[-1]
+        if len(reached) == 1:
+            (l,) = reached
+            scale = None if bool((rep[:, l] == 1).all()) else rep[:, l].view(-1, 1, 1)
+            delta = deltas[l]
+            if scale is not None:  # scale the narrower side
+                if d_in < d_out:
+                    a = a * scale
+                else:
+                    delta = delta * scale
+            return delta.reshape(-1, d_out).T @ a.reshape(-1, d_in)
+        comb = None
+        for l in reached:
+            term = deltas[l] * rep[:, l].view(-1, 1, 1)
+            comb = term if comb is None else comb + term
+        return comb.reshape(-1, d_out).T @ a.reshape(-1, d_in)
+
     def update(self, weights: Tensor) -> dict[str, Tensor]:
         """Parameter gradients ``sum_g sum_l w[g, l] G_g^l`` for loss weights ``[G, L]``."""
         w = weights.float()
@@ -356,18 +388,9 @@ class ModuleWork:
         if self.recompute_weight:
             total = None
             for call in self.calls:
-                a = linear_form(call)
-                rep = w.repeat_interleave(a.shape[0] // self.G, dim=0)
-                comb = None
-                for l, delta in enumerate(call.deltas):
-                    if delta is None:
-                        continue
-                    term = linear_form(call, delta) * rep[:, l].view(-1, 1, 1)
-                    comb = term if comb is None else comb + term
-                if comb is None:
-                    continue
-                g = comb.reshape(-1, comb.shape[-1]).T @ a.reshape(-1, a.shape[-1])
-                total = g if total is None else total + g
+                g = self._weighted_weight_grad(call, w)
+                if g is not None:
+                    total = g if total is None else total + g
             if total is not None:
                 grads["weight"] = total
         shaped = {}
