@@ -160,3 +160,19 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path):
         assert torch.equal(got[name], p), name
     steps = [r["step"] for r in read_metrics(tmp_path / "killed")]
     assert steps == sorted(set(steps)) and steps[-1] == 59
+
+
+def test_bf16_autocast_run_trains(tmp_path):
+    cfg = _cfg(tmp_path, "precision=bf16", "method=gr", "granularity=sample", "steps=2",
+               "name=bf", "log_every=1")
+    summary = pretrain(cfg, progress=False)
+    assert math.isfinite(summary["loss"]) and summary.get("skipped_nonfinite", 0) == 0
+
+
+def test_config_is_not_mutated_and_the_saved_config_rebuilds_the_model(tmp_path):
+    from gradharmony.train.loop import resolve_model_kwargs
+
+    cfg = load_config(overrides=["data.kind=random", "data.crop=32", "data.size=32"])
+    out = resolve_model_kwargs(cfg, vocab_size=77)
+    assert dict(cfg.model.kwargs) == {}
+    assert out.model.kwargs.vocab_size == 77 and out.model.kwargs.video_size == 32

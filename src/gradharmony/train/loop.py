@@ -20,6 +20,7 @@ position (the next step; batch streams are functions of the step).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import shutil
 import sys
@@ -143,7 +144,7 @@ def resolve_model_kwargs(cfg: DictConfig, vocab_size: int | None) -> DictConfig:
     The run's ``config.yaml`` is then self-describing: ``create_model(preset, **kwargs)``
     rebuilds the trained model without knowing how the trainer derives sizes from the data.
     """
-    out = cfg.copy()
+    out = copy.deepcopy(cfg)
     if ":" not in cfg.model.preset:
         kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
         out.model.kwargs = {**model_overrides(cfg, vocab_size or cfg.data.vocab_size),
