@@ -92,3 +92,13 @@ def test_training_from_the_cache_augments_deterministically(shards, tok, tmp_pat
     v = torch.cat([x["video"] for x in a + c])[:, 0, :, :, 2]
     diff = v[:, :, :3].mean(dim=(1, 2)) - v[:, :, -3:].mean(dim=(1, 2))
     assert (diff > 0.01).any() and (diff < -0.01).any()
+
+
+def test_throughput_report(shards, tok, tmp_path):
+    from gradharmony.data.cache import throughput
+
+    out = throughput(shards, SPEC, tok, tmp_path, clips=8, batch_size=4)
+    assert out["live_clips_per_s"] > 0 and out["cache_clips_per_s"] > 0
+    assert out["build_clips_per_s"] > 0
+    again = throughput(shards, SPEC, tok, tmp_path, clips=4, batch_size=4)
+    assert again["build_clips_per_s"] is None  # already built
