@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                             clip={"frames": args.frames, "size": args.size},
                             cache_dir=args.cache_dir or None)
     train, test = prepare_splits(data["train"], data["test"])
+    cfg.extra["num_classes"] = len(data["class_names"])
     if args.table:
         from gradharmony.balance.table import grid_configs, markdown_tables, plot_balance, run_grid
 

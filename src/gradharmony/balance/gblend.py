@@ -42,11 +42,12 @@ def gblend_weights(
     the start (``before``) and end (``after``) of the super-epoch.
 
     Example:
-        >>> w = gblend_weights({"a": 1.0, "v": 1.0}, {"a": 1.2, "v": 1.1},
-        ...                    {"a": 0.5, "v": 0.9}, {"a": 1.0, "v": 1.0})
-        >>> # a: dG = 0.2, dO = 0.5 - 0.2 = 0.3 ; v: dG = 0.1, dO = 0.1 - 0.1 = 0 -> eps
-        >>> round(w["a"], 6) < 1e-6 < w["v"]
-        True
+        >>> # a: dG = 1.2 - 1.0 = 0.2, dO = (1.0 - 0.6) - (1.2 - 1.0) = 0.2 -> 0.2 / 0.04 = 5
+        >>> # v: dG = 0.1, dO = (1.5 - 1.3) - (1.6 - 1.5) = 0.1 -> 0.1 / 0.01 = 10
+        >>> w = gblend_weights({"a": 1.0, "v": 1.5}, {"a": 1.2, "v": 1.6},
+        ...                    {"a": 0.6, "v": 1.3}, {"a": 1.0, "v": 1.5})
+        >>> {k: round(x, 4) for k, x in w.items()}
+        {'a': 0.3333, 'v': 0.6667}
     """
     keys = list(train_before)
     for name, d in (("val_before", val_before), ("train_after", train_after),

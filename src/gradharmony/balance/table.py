@@ -88,7 +88,7 @@ def markdown_tables(records: list[dict]) -> str:
         >>> recs = [{"method": "joint", "fusion": "sum", "optimizer": "sgd", "acc": a,
         ...          "probe": {"audio": 0.8, "visual": 0.4}} for a in (0.5, 0.7)]
         >>> print(markdown_tables(recs).splitlines()[4])
-        | joint | sum | 60.0 ± 14.1 | 80.0 ± 0.0 | 40.0 ± 0.0 |
+        | joint | sum | 60.0 ± 14.1 | 80.0 ± 0.0 | 40.0 ± 0.0 | – |
     """
     cells = defaultdict(list)
     order = []
@@ -100,16 +100,19 @@ def markdown_tables(records: list[dict]) -> str:
     lines = []
     for opt in dict.fromkeys(k[0] for k in order):
         lines += [f"### Optimizer: {opt}", "",
-                  "| method | fusion | test acc (%) | audio probe (%) | visual probe (%) |",
-                  "|---|---|---|---|---|"]
+                  "| method | fusion | test acc (%) | audio probe (%) | visual probe (%) "
+                  "| mean ρ_audio |",
+                  "|---|---|---|---|---|---|"]
         for k in order:
             if k[0] != opt:
                 continue
             rs = cells[k]
             probes = [_fmt([r["probe"][m] for r in rs]) if m in rs[0]["probe"] else "–"
                       for m in MODALITIES]
+            rho = [r["mean_rho"]["audio"] for r in rs if r.get("mean_rho")]
+            rho_txt = f"{np.mean(rho):.2f}" if rho else "–"
             lines.append(f"| {k[1]} | {k[2]} | {_fmt([r['acc'] for r in rs])} | "
-                         f"{probes[0]} | {probes[1]} |")
+                         f"{probes[0]} | {probes[1]} | {rho_txt} |")
         lines.append("")
     return "\n".join(lines)
 
