@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,3 +172,12 @@ def ddp_worker(rank, world, port, path):
         torch.save(results, f"{path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models here run faster on one thread (no contention on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

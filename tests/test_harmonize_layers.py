@@ -14,7 +14,13 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from gradharmony.harmonize import Harmonizer, gram_cosine, pcgrad_weights  # noqa: E402
-from test_harmonize_helpers import TinyTriModal, flat_grad, losses_of, make_batch  # noqa: E402
+from test_harmonize_helpers import (  # noqa: E402
+    TinyTriModal,
+    flat_grad,
+    losses_of,
+    make_batch,
+    one_thread,  # noqa: E402,F401
+)
 
 
 def _three_losses(y):

@@ -15,6 +15,7 @@ from test_harmonize_helpers import (  # noqa: E402
     flat_grad,
     losses_of,
     make_batch,
+    one_thread,  # noqa: E402,F401
     oracle_group_grads,
 )
 
