@@ -202,6 +202,7 @@ def test_ddp_times_workers_sharding_has_no_duplicate_and_no_loss(
     pattern = clean_set(tmp_path_factory, mp4_cache, 18, 3, prefix=f"ddp{per_reader}")
     monkeypatch.setattr(dataset_module, "SHARDS_PER_READER", per_reader)
     spec = ClipSpec(frames=1, fps=4.0, size=8, crop=8, audio_rate=4000, seconds=1.0)
+    orders = []
     for epoch in (0, 1):
         keys = []
         for rank in range(2):
@@ -211,6 +212,8 @@ def test_ddp_times_workers_sharding_has_no_duplicate_and_no_loss(
             assert 4 <= len(rank_keys) <= 14
             keys += rank_keys
         assert sorted(keys) == [f"c{i:04d}" for i in range(18)]
+        orders.append(keys)
+    assert orders[0] != orders[1]  # each epoch has its own order
 
 
 def test_mixture_weights_and_text_free_set(tmp_path_factory, mp4_cache, tok):
