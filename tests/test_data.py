@@ -391,3 +391,21 @@ def test_every_public_name_resolves_and_import_is_cheap():
     code = "import sys, gradharmony.data; print('torch' in sys.modules, 'av' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_an_unexpected_error_is_counted_and_warned_not_raised(shards12, tok, monkeypatch):
+    from gradharmony.data import dataset as ds_module
+
+    real = ds_module.TarSource.load
+
+    def flaky(self, item, *args):
+        if item.key == "c0003":
+            raise ZeroDivisionError("odd file")
+        return real(self, item, *args)
+
+    monkeypatch.setattr(ds_module.TarSource, "load", flaky)
+    loader = make_loader(shards12, SPEC, tok, batch_size=4, train=False, infinite=False)
+    with pytest.warns(UserWarning, match="c0003.*ZeroDivisionError"):
+        keys = [k for b in loader for k in b["key"]]
+    assert len(keys) == 11 and "c0003" not in keys
+    assert loader.skipped.as_dict() == {"decode_error": 1}

@@ -24,9 +24,10 @@ so every clip is read exactly once. A set declared ``text=False`` (AudioSet-like
 ``missing_txt`` (text sets only), ``missing_json``, ``bad_json``, ``empty_text`` (a text
 set's clip whose own narration is empty: it is *skipped*, never turned into a text-free clip;
 declare the set ``text=False`` to train on such clips), ``corrupt_video``, ``too_short``,
-``bad_audio``, ``truncated_tar`` (the clips before the damage are kept). Each batch carries
-the counts met while it was built under ``skipped``; :class:`ClipLoader` sums them. A set
-that yields no usable clip at all is a ``RuntimeError`` naming its patterns.
+``bad_audio``, ``truncated_tar`` (the clips before the damage are kept), ``decode_error``
+(any other exception while reading a clip; the first one is also shown as a warning). Each
+batch carries the counts met while it was built under ``skipped``; :class:`ClipLoader` sums
+them. A set that yields no usable clip at all is a ``RuntimeError`` naming its patterns.
 
 **Resuming.** Each batch records its reader's position (per set: epoch and clips drawn from
 the shuffle buffer; number of mixture draws). :meth:`ClipLoader.state_dict` keeps the
@@ -47,6 +48,7 @@ import glob
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +62,7 @@ from gradharmony.data.decode import ClipSpec, SampleError, augment_frames, decod
 
 #: Stable strings under which skipped samples are counted.
 SKIP_REASONS = ("missing_video", "missing_txt", "missing_json", "bad_json", "empty_text",
-                "corrupt_video", "too_short", "bad_audio", "truncated_tar")
+                "corrupt_video", "too_short", "bad_audio", "truncated_tar", "decode_error")
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 #: Readers split a set by shards only when it has this many shards per reader or more (the
 #: readers' shares then differ by at most 1/8); otherwise they split it clip by clip.
@@ -439,6 +441,7 @@ class TriModalDataset(IterableDataset):
         g = self.rank * workers + logical
         n = self.world_size * workers
         self._g = g
+        self._warned = False
         counter = SkipCounter()
         readers = [_Reader(self, s, g, n, counter) for s in range(len(self.sets))]
         pos = self.resume.get(logical)
@@ -469,6 +472,14 @@ class TriModalDataset(IterableDataset):
                 samples.append(self._sample(item))
             except SampleError as exc:
                 counter.add(exc.reason)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one odd file must not stop training
+                counter.add("decode_error")
+                if not self._warned:
+                    self._warned = True
+                    warnings.warn(f"skipping clip {item.key} of {self.sets[item.set_index].label}"
+                                  f" ({type(exc).__name__}: {exc}); further such clips are "
+                                  f"counted as 'decode_error' without warning", stacklevel=1)
                 continue
             reader.good_this_epoch += 1
             if len(samples) == self.batch_size:
