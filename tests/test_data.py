@@ -409,3 +409,34 @@ def test_an_unexpected_error_is_counted_and_warned_not_raised(shards12, tok, mon
         keys = [k for b in loader for k in b["key"]]
     assert len(keys) == 11 and "c0003" not in keys
     assert loader.skipped.as_dict() == {"decode_error": 1}
+
+
+def late_audio_mp4(delay: float, rate: int = 16000) -> bytes:
+    """An mp4 whose audio track starts ``delay`` seconds after the video (1.5 s of video)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        vs = c.add_stream("libx264", rate=SRC_FPS)
+        vs.width, vs.height, vs.pix_fmt = 32, 24, "yuv420p"
+        a = c.add_stream("aac", rate=rate)
+        a.layout = "mono"
+        for i in range(SRC_FRAMES):
+            f = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 100, np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(vs.encode(f))
+        c.mux(vs.encode())
+        t = np.arange(int(rate * (SRC_FRAMES / SRC_FPS - delay))) / rate
+        wave = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for s in range(0, len(wave), 1024):
+            af = av.AudioFrame.from_ndarray(wave[None, s:s + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = rate, int(delay * rate) + s
+            c.mux(a.encode(af))
+        c.mux(a.encode())
+    return buf.getvalue()
+
+
+def test_audio_is_placed_by_its_timestamps():
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=16000, seconds=1.5)
+    _, audio, has_audio = decode_clip(late_audio_mp4(0.25), spec)
+    assert has_audio
+    envelope = np.abs(audio).reshape(-1, 400).max(axis=1)  # 25 ms blocks
+    assert envelope[:9].max() < 0.05 and envelope[11:].min() > 0.4  # sound from 0.25 s on

@@ -218,11 +218,9 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
         prev = (t, frame)
 
     def take_audio(frame) -> None:
-        nonlocal audio_have, a0, audio_done
-        if a0 is None:
-            t = float(frame.time) if frame.time is not None else 0.0
-            a0 = t - (v0 or 0.0)
-        nonlocal resampled
+        nonlocal audio_have, a0, audio_done, resampled
+        if a0 is None:  # absolute time of the first audio sample
+            a0 = float(frame.time) if frame.time is not None else 0.0
         direct = (frame.sample_rate == spec.audio_rate and frame.layout.nb_channels == 1
                   and frame.format.name in ("flt", "fltp"))
         resampled = resampled or not direct
@@ -230,7 +228,8 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
             arr = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             audio_chunks.append(arr)
             audio_have += arr.size
-        if audio_have >= a_first + n_audio + int(round((a0 or 0) * spec.audio_rate)) + 1:
+        lead = int(round((a0 - (v0 or 0.0)) * spec.audio_rate))
+        if audio_have >= a_first - lead + n_audio + 1:
             audio_done = True
 
     try:
@@ -281,7 +280,7 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
     if not audio_chunks:
         raise SampleError("bad_audio", "the audio track decodes to no sample")
     wave = np.concatenate(audio_chunks)
-    lead = int(round((a0 or 0.0) * spec.audio_rate))
+    lead = int(round(((a0 or 0.0) - (v0 or 0.0)) * spec.audio_rate))  # audio start - video
     first = a_first - lead
     audio = np.zeros(n_audio, np.float32)
     lo, hi = max(first, 0), min(first + n_audio, wave.size)
