@@ -440,3 +440,15 @@ def test_audio_is_placed_by_its_timestamps():
     assert has_audio
     envelope = np.abs(audio).reshape(-1, 400).max(axis=1)  # 25 ms blocks
     assert envelope[:9].max() < 0.05 and envelope[11:].min() > 0.4  # sound from 0.25 s on
+
+
+def test_train_window_start_is_random_within_the_video():
+    data = clip_mp4(1)  # 1.5 s, frames every 1/8 s; clip of 1 s: start uniform in [0, 0.5]
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=16, audio_rate=8000, seconds=1.0)
+    firsts = set()
+    for seed in range(10):
+        video, audio, _ = decode_clip(data, spec, train=True, rng=np.random.default_rng(seed))
+        idx = np.round(video[:, :, :, 0].mean(axis=(1, 2)) * 255 / 20).astype(int)
+        assert 0 <= idx[0] <= 4 and np.all(np.diff(idx) == 2)  # 4 fps out of 8 fps
+        firsts.add(int(idx[0]))
+    assert len(firsts) >= 3
