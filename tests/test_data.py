@@ -235,6 +235,10 @@ def test_mixture_weights_and_text_free_set(tmp_path_factory, mp4_cache, tok):
         if j == 11:
             break
     assert loader.skipped.total == 0  # the missing .txt of the text-free set is no error
+    # epoch mode: a used-up set leaves the draw, every clip of both sets comes exactly once
+    once = make_loader(sets, spec, tok, batch_size=5, seed=3, infinite=False, num_workers=2)
+    keys = sorted(k for b in once for k in b["key"])
+    assert keys == sorted([f"b{i:02d}" for i in range(6)] + [f"c{i:04d}" for i in range(8)])
     # 240 i.i.d. draws with p = 1/4: standard deviation 0.028
     assert abs(n_b / n - 0.25) < 0.09
 

@@ -390,6 +390,9 @@ class TriModalDataset(IterableDataset):
             raise ValueError("TriModalDataset: no shard set given")
         if batch_size < 1:
             raise ValueError(f"TriModalDataset: batch_size must be >= 1, got {batch_size}")
+        if k < 1 or text_length < 1:
+            raise ValueError(f"TriModalDataset: k and text_length must be >= 1, got k={k}, "
+                             f"text_length={text_length}")
         if not 0 <= rank < world_size:
             raise ValueError(f"TriModalDataset: rank {rank} outside world_size {world_size}")
         if tokenizer is None and any(s.text for s in sets):
