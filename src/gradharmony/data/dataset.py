@@ -528,10 +528,11 @@ class ClipLoader:
     """
 
     def __init__(self, dataset: TriModalDataset, num_workers: int = 0,
-                 prefetch_factor: int = 2) -> None:
+                 prefetch_factor: int = 2, pin_memory: bool = False) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
         self.skipped = SkipCounter()
         self.batches = 0
         self._positions: dict[int, dict] = {}
@@ -574,7 +575,7 @@ class ClipLoader:
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                            collate_fn=_no_collate, **kwargs)
+                            collate_fn=_no_collate, pin_memory=self.pin_memory, **kwargs)
         for batch in loader:
             self._positions[int(batch.pop("_reader"))] = batch.pop("_position")
             self.skipped.update(batch["skipped"])
@@ -617,7 +618,8 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
                 epoch: int = 0, infinite: bool | None = None, rank: int | None = None,
                 world_size: int | None = None, num_workers: int = 0,
                 shuffle_buffer: int = 64, drop_last: bool = False,
-                cache_dir: str | os.PathLike | None = None) -> ClipLoader:
+                cache_dir: str | os.PathLike | None = None,
+                pin_memory: bool = False) -> ClipLoader:
     """A :class:`ClipLoader` over one shard set or a weighted mixture of them.
 
     Args:
@@ -638,6 +640,7 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         drop_last: in epoch mode, drop each reader's last incomplete batch.
         cache_dir: train from the decoded-clip cache (:mod:`gradharmony.data.cache`), built in
             this directory on first use.
+        pin_memory: page-locked batches, for faster copies to a GPU.
 
     Example:
         >>> make_loader("no/such/*.tar", batch_size=2)
@@ -673,6 +676,6 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
         sources=sources)
-    loader = ClipLoader(dataset, num_workers=num_workers)
+    loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
     loader.skipped = skipped
     return loader
