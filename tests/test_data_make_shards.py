@@ -105,3 +105,18 @@ def test_make_shards_bad_manifest(tmp_path, capsys):
     assert "needs the columns path, start, end, text" in capsys.readouterr().err
     assert main_make_shards(["--videos", str(tmp_path), "--manifest", str(tmp_path / "no.csv"),
                              "--out", str(tmp_path / "o"), "--quiet"]) == 2
+
+
+def test_make_shards_resamples_fps_and_resizes(videos, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, [("cook.mp4", 1, 2, "step", 0)])
+    out = tmp_path / "o"
+    assert main_make_shards(["--videos", str(videos), "--manifest", str(manifest), "--out",
+                             str(out), "--fps", "5", "--short-side", "24", "--quiet"]) == 0
+    (_, files), = [g for p in out.glob("*.tar") for g in iter_tar_groups(p)]
+    with av.open(io.BytesIO(files["mp4"])) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape == (24, 32, 3)
+    src = 10 + 2 * np.arange(5)  # times 1.0, 1.2, ... -> source frames 10, 12, ...
+    np.testing.assert_allclose([f[..., 1].mean() for f in frames], 40 * (src % 6), atol=15)
+    np.testing.assert_allclose([f[..., 0].mean() for f in frames], 5 * src, atol=8)
