@@ -5,14 +5,17 @@ follows the model output contract of docs/architecture.md with one shared layer 
 video, audio and text passes, LayerNorm and an Embedding, and no randomness in forward.
 """
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 class StandIn(nn.Module):
-    def __init__(self, frames=2, size=4, samples=32, vocab=20, dim=8):
+    def __init__(self, frames=2, size=4, samples=32, vocab=20, dim=8, delay=0.0):
         super().__init__()
+        self.delay = delay  # seconds of sleep per forward: slows a run down without CPU
         self.video = nn.Linear(frames * size * size * 3, dim)
         self.audio = nn.Linear(samples, dim)
         self.embed = nn.Embedding(vocab, dim)
@@ -25,6 +28,8 @@ class StandIn(nn.Module):
         return self.norm(torch.tanh(self.shared(x)))
 
     def forward(self, batch):
+        if self.delay:
+            time.sleep(self.delay)
         hv = self.trunk(self.video(batch["video"].flatten(1)))
         ha = self.trunk(self.audio(batch["audio"]))
         m = batch["text_mask"].unsqueeze(-1).float()
