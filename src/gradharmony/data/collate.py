@@ -31,10 +31,12 @@ TENSOR_KEYS = {
 }
 
 
-def collate(samples: Sequence[dict]) -> dict:
+def collate(samples: Sequence[dict], *, video_uint8: bool = False) -> dict:
     """Stack per-sample dicts into a batch: tensors for :data:`TENSOR_KEYS`, lists otherwise.
 
-    ``video`` may be float in [0, 1] or uint8 (divided by 255 here).
+    ``video`` may be float in [0, 1] or uint8 (divided by 255 here, unless ``video_uint8``:
+    then the batch keeps uint8 video, 4x smaller to pass between processes; convert it with
+    :func:`video_to_float`).
 
     Raises ``ValueError`` naming the key when a sample misses one or shapes disagree.
     """
@@ -56,9 +58,21 @@ def collate(samples: Sequence[dict]) -> dict:
             raise ValueError(f"collate: {name!r} shapes differ across the batch: {sorted(shapes)}")
         stacked = torch.from_numpy(np.stack(values))
         if name == "video" and stacked.dtype == torch.uint8:
-            batch[name] = stacked.to(dtype).div_(255.0)  # uint8 crops -> [0, 1]
+            batch[name] = stacked if video_uint8 else video_to_float(stacked)
         else:
             batch[name] = stacked.to(dtype)
     batch["key"] = [str(s.get("key", "")) for s in samples]
     batch["meta"] = [dict(s.get("meta") or {}) for s in samples]
     return batch
+
+
+def video_to_float(video: torch.Tensor) -> torch.Tensor:
+    """uint8 video -> float32 in [0, 1] (float input is returned as it is).
+
+    Example:
+        >>> video_to_float(torch.tensor([0, 51, 255], dtype=torch.uint8))
+        tensor([0.0000, 0.2000, 1.0000])
+    """
+    if video.dtype != torch.uint8:
+        return video
+    return video.to(torch.float32).div_(255.0)

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gradharmony.data.collate import collate
+from gradharmony.data.collate import collate, video_to_float
 from gradharmony.data.decode import ClipSpec, SampleError, augment_frames, decode_clip_raw
 
 #: Stable strings under which skipped samples are counted.
@@ -407,6 +407,7 @@ class TriModalDataset(IterableDataset):
         self.shuffle_buffer, self.drop_last = shuffle_buffer, drop_last
         self.resume: dict[int, dict] = {}
         self.rotation = 0
+        self.video_uint8 = False  # set by ClipLoader when workers pass batches to it
         weights = np.array([s.weight for s in self.sets], float)
         self.weights = weights / weights.sum()
 
@@ -496,7 +497,7 @@ class TriModalDataset(IterableDataset):
                                  "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}}
 
     def _batch(self, samples, counter, readers, draws, logical) -> dict:
-        batch = collate(samples)
+        batch = collate(samples, video_uint8=self.video_uint8)
         batch["skipped"] = counter.as_dict()
         batch["_reader"] = logical
         batch["_position"] = {"draws": draws,
@@ -571,6 +572,7 @@ class ClipLoader:
         ds.resume = dict(self._positions)
         workers = max(1, self.num_workers)
         ds.rotation = self.batches % workers
+        ds.video_uint8 = self.num_workers > 0  # 4x less to copy between processes
         kwargs = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
@@ -581,6 +583,10 @@ class ClipLoader:
             self.skipped.update(batch["skipped"])
             if batch.pop("_empty", False):
                 continue
+            if batch["video"].dtype == torch.uint8:
+                batch["video"] = video_to_float(batch["video"])
+                if self.pin_memory:
+                    batch["video"] = batch["video"].pin_memory()
             self.batches += 1
             if ds.infinite:
                 self._check_dead_sets(workers)
