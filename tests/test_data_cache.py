@@ -102,3 +102,47 @@ def test_throughput_report(shards, tok, tmp_path):
     assert out["build_clips_per_s"] > 0
     again = throughput(shards, SPEC, tok, tmp_path, clips=4, batch_size=4)
     assert again["build_clips_per_s"] is None  # already built
+
+
+DDP_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+from gradharmony.data import ClipSpec, TextTokenizer, make_loader
+dist.init_process_group("gloo", init_method="env://")
+pattern, cache, out = sys.argv[1:4]
+tok = TextTokenizer.from_texts([f"clip {i}" for i in range(12)])
+spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
+loader = make_loader(pattern, spec, tok, batch_size=2, infinite=False, cache_dir=cache,
+                     num_workers=1)
+keys = [k for b in loader for k in b["key"]]
+json.dump({"rank": dist.get_rank(), "keys": keys}, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_ranks_share_one_cache_and_split_the_clips(shards, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))
+        procs.append(subprocess.Popen(
+            [sys.executable, str(script), shards, str(tmp_path / "cache"),
+             str(tmp_path / f"out{rank}.json")], env=env))
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    import json
+
+    keys = [json.loads((tmp_path / f"out{r}.json").read_text())["keys"] for r in range(2)]
+    assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == [f"k{i:02d}" for i in range(10) if i not in (7, 8)]
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # built once, by rank 0
