@@ -526,6 +526,23 @@ class ClipLoader:
     Iterate it for batches. ``skipped`` is the running :class:`SkipCounter`; ``batches`` the
     number of batches consumed (in the current epoch in epoch mode, in total otherwise);
     :meth:`state_dict` / :meth:`load_state_dict` resume exactly (see the module docstring).
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data import ClipSpec, TextTokenizer, make_loader, write_shards
+        >>> from gradharmony.data.writer import encode_mp4
+        >>> d = tempfile.mkdtemp()
+        >>> mp4 = encode_mp4(np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+        >>> _ = write_shards([{"__key__": f"c{i}", "mp4": mp4, "txt": "a red ball",
+        ...                    "json": {"neighbors": ["it bounces"]}} for i in range(3)], d)
+        >>> tok = TextTokenizer.from_texts(["a red ball", "it bounces"])
+        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000, seconds=1.0)
+        >>> loader = make_loader(f"{d}/*.tar", spec, tok, batch_size=2, k=3, text_length=4)
+        >>> batch = next(iter(loader))
+        >>> tuple(batch["video"].shape), tuple(batch["text"].shape), batch["has_audio"].tolist()
+        ((2, 2, 8, 8, 3), (2, 3, 4), [False, False])
+        >>> batch["candidate_mask"][0].tolist(), loader.state_dict()["batches"]
+        ([True, True, False], 1)
     """
 
     def __init__(self, dataset: TriModalDataset, num_workers: int = 0,
