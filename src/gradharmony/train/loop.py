@@ -124,6 +124,11 @@ def _advance(scheduler) -> None:
         scheduler.step()
 
 
+def _agree(ok: bool, ctx: DistContext) -> bool:
+    """True only when ``ok`` holds on every rank."""
+    return all_sum(float(not ok), ctx.device) == 0 if ctx.distributed else ok
+
+
 def _grads_finite(params: list[torch.nn.Parameter]) -> bool:
     sums = [p.grad.detach().float().sum() for p in params if p.grad is not None]
     return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
@@ -283,17 +288,16 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 out = forward(batch)
-            finite = all(bool(torch.isfinite(out[k]).all()) for k in EMBEDDINGS)
+            # every rank takes the same branch: the losses and harm.backward are collectives
+            finite = _agree(all(bool(torch.isfinite(out[k]).all()) for k in EMBEDDINGS), ctx)
             losses = cma_losses(out, batch, cfg.model.temperature) if finite else {}
             total = (losses["va"].detach() + losses["vt"].detach()) if finite else \
                 torch.tensor(float("nan"))
-            finite = finite and bool(torch.isfinite(total))
+            finite = _agree(finite and bool(torch.isfinite(total)), ctx)
             stats = None
             if finite:
                 stats = harm.backward(losses, step=step)
-                finite = _grads_finite(params)
-            if ctx.distributed:
-                finite = all_sum(float(not finite), ctx.device) == 0
+                finite = _agree(_grads_finite(params), ctx)
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 counts["skipped_nonfinite"] += 1
