@@ -120,3 +120,27 @@ def test_make_shards_resamples_fps_and_resizes(videos, tmp_path, capsys):
     src = 10 + 2 * np.arange(5)  # times 1.0, 1.2, ... -> source frames 10, 12, ...
     np.testing.assert_allclose([f[..., 1].mean() for f in frames], 40 * (src % 6), atol=15)
     np.testing.assert_allclose([f[..., 0].mean() for f in frames], 5 * src, atol=8)
+
+
+def test_make_shards_counts_undecodable_audio(videos, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    src = av.open(str(videos / "cook.mp4"))
+    with av.open(str(tmp_path / "noisy.mp4"), "w", format="mp4") as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
+        for p in src.demux():
+            if p.dts is None:
+                continue
+            if p.stream.type == "audio":  # replace the AAC payload by random bytes
+                q = av.Packet(rng.integers(0, 256, p.size, dtype=np.uint8).tobytes())
+                q.pts, q.dts, q.time_base = p.pts, p.dts, p.time_base
+                q.stream = streams[p.stream.index]
+                out.mux(q)
+            else:
+                p.stream = streams[p.stream.index]
+                out.mux(p)
+    src.close()
+    manifest = tmp_path / "m.csv"
+    write_manifest(manifest, [("noisy.mp4", 0, 1, "x", 0), ("cook.mp4", 0, 1, "y", 0)])
+    assert main_make_shards(["--videos", str(tmp_path), "--manifest", str(manifest), "--out",
+                             str(tmp_path / "o"), "--quiet"]) == 1  # nothing written
+    assert json.loads(capsys.readouterr().out)["skipped"] == {"bad_audio": 1, "missing_file": 1}

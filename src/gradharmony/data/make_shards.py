@@ -12,8 +12,10 @@ narrations of the same video's other clips that were written, nearest clip centr
 
 Bad rows are skipped and counted by reason (:data:`ROW_REASONS`): ``bad_row`` (a missing
 column or a time that is not a number, or ``end <= start``), ``empty_text``, ``missing_file``,
-``corrupt_video`` (the file does not open or has no video stream), ``no_frames`` (nothing to
-decode in the interval, e.g. ``start`` after the end of the video).
+``corrupt_video`` (the file does not open, has no video stream or its video does not decode),
+``no_frames`` (nothing to decode in the interval, e.g. ``start`` after the end of the video),
+``bad_audio`` (an audio track that does not decode; a video without audio track is fine and
+gives clips without one).
 
 Example:
     >>> neighbor_order([(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (10.0, 12.0)], 1)
@@ -32,7 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROW_REASONS = ("bad_row", "empty_text", "missing_file", "corrupt_video", "no_frames")
+ROW_REASONS = ("bad_row", "empty_text", "missing_file", "corrupt_video", "no_frames",
+               "bad_audio")
+
+
+class AudioError(Exception):
+    """The audio track of a clip does not decode."""
 
 
 @dataclass
@@ -159,8 +166,8 @@ def cut_clip(container, start: float, end: float, *, fps: float | None,
                     first = t
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError:
-            chunks = []
+        except av.error.FFmpegError as exc:
+            raise AudioError(str(exc)) from None
         if chunks and first is not None:
             wave = np.concatenate(chunks).astype(np.float32)
             offset = int(round((start - first) * audio_rate))
@@ -235,6 +242,9 @@ def make_shards(videos: str | os.PathLike, manifest: str | os.PathLike,
                         frames, out_fps, audio = cut_clip(
                             container, r.start, r.end, fps=fps, short_side=short_side,
                             audio_rate=audio_rate)
+                    except AudioError:
+                        bad("bad_audio")
+                        continue
                     except av.error.FFmpegError:
                         bad("corrupt_video")
                         continue
