@@ -46,7 +46,7 @@ def _first_by_label(runs, labels):
 def _contact_items(run: RunRecord) -> dict[str, list[dict]]:
     groups = {}
     n = len(run.scores)
-    for end, name in (("top", "top 5% (aligned)"), ("bottom", "bottom 5% (conflicting)")):
+    for end, name in (("top", "top 5%"), ("bottom", "bottom 5%")):
         frames, index = run.examples.get(f"{end}_frames"), run.examples.get(f"{end}_index")
         if frames is None or index is None:
             return {}
@@ -130,9 +130,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> 
         items = _contact_items(r) if r.scores else {}
         if items:
             name = f"fig3_contact_{lab.replace(' ', '_').replace('/', '-')}.png"
+            title = (f"{lab}: highest (top) and lowest (bottom) 5% cos(g_va, g_vt)\n"
+                     "red text = misaligned by ground truth")
             figs.append((f"Figure 3 ({lab}): most and least aligned triplets by cos(g_va, g_vt)",
-                         plot_contact_sheet(items, out / name,
-                                            title=f"{lab}: top and bottom 5% by cos(g_va, g_vt)")))
+                         plot_contact_sheet(items, out / name, title=title)))
     emb = {lab: (r.embeddings["video_vt"], r.embeddings["text_vt"])
            for lab, r in _first_by_label(runs, labels).items() if "video_vt" in r.embeddings}
     if emb:
