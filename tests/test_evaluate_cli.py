@@ -112,9 +112,10 @@ def test_score_writes_rows_and_auroc_matches_sklearn(tiny, capsys):
 
     out = tiny / "scores.jsonl"
     assert main_score(["--run", str(tiny / "run"), "--data", str(tiny / "noisy"), "--out",
-                       str(out), "--quiet", "--n-boot", "50"]) == 0
+                       str(out), "--quiet", "--n-boot", "50", "--limit", "10"]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(rows) == 12 and all(r["batch_size"] == 4 for r in rows)
+    assert len(rows) == 10 and [r["batch_size"] for r in rows] == [4] * 8 + [2] * 2
+    assert [r["batch"] for r in rows] == [0] * 4 + [1] * 4 + [2] * 2
     assert all(-1.0 <= r["cos"] <= 1.0 for r in rows)
     assert all(abs(r["loss"] - r["loss_va"] - r["loss_vt"]) < 1e-5 for r in rows)
     summary = json.loads(out.with_suffix(".summary.json").read_text())
