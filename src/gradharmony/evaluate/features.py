@@ -48,7 +48,18 @@ def encode_clips(model, clips: ClipSet, tokenizer=None, text_len: int = 16,
                  progress: bool = True) -> dict[str, np.ndarray]:
     """Encode a split with a frozen model. Returns ``[N, D]`` arrays among ``video_va``,
     ``video_vt``, ``video_feat``, ``audio_va``, ``audio_feat``, ``text_vt``, ``text_feat``
-    (text: the clip's own narration)."""
+    (text: the clip's own narration).
+
+    Example:
+        >>> from gradharmony.models import create_model
+        >>> model = create_model("tiny", depth=1, width=32, heads=2, mlp_dim=64, video_frames=4,
+        ...                      video_size=32, audio_seconds=0.5, vocab_size=10).eval()
+        >>> clips = ClipSet(np.zeros((4, 1, 4, 32, 32, 3), np.uint8),
+        ...                 np.zeros((4, 1, 8000), np.float32), np.ones(4, bool),
+        ...                 ["a"] * 4, [[]] * 4, np.array([0, 1, 0, 1]), list("abcd"), [{}] * 4)
+        >>> encode_clips(model, clips, modalities=("video",), progress=False)["video_vt"].shape
+        (4, 256)
+    """
     model.eval()
     n, w = clips.video.shape[0], clips.video.shape[1]
     parts: dict[str, list[torch.Tensor]] = {}

@@ -47,6 +47,17 @@ def finetune(model: torch.nn.Module, train: ClipSet, test: ClipSet, modality: st
     """Fine-tune ``model``'s encoder of ``modality`` with a linear head; top-1/top-5 on test.
 
     Returns ``{"top1", "top5", "protocol": {...}}``.
+
+    Example:
+        >>> from gradharmony.models import create_model
+        >>> model = create_model("tiny", depth=1, width=32, heads=2, mlp_dim=64, video_frames=4,
+        ...                      video_size=32, audio_seconds=0.5, vocab_size=10).eval()
+        >>> clips = ClipSet(np.zeros((4, 1, 4, 32, 32, 3), np.uint8),
+        ...                 np.zeros((4, 1, 8000), np.float32), np.ones(4, bool),
+        ...                 ["a"] * 4, [[]] * 4, np.array([0, 1, 0, 1]), list("abcd"), [{}] * 4)
+        >>> r = finetune(model, clips, clips, "audio", epochs=1, batch_size=4, progress=False)
+        >>> r["top5"], r["protocol"]["steps"]
+        (100.0, 1)
     """
     if modality not in _ENCODERS:
         raise ValueError(f"modality must be one of {sorted(_ENCODERS)}, got {modality!r}")

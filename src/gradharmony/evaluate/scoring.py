@@ -96,6 +96,19 @@ def score_clips(model: torch.nn.Module, clips: ClipSet | Iterable[ClipSet], toke
     ``chunk=batch_size``, which keeps memory bounded); each is cut into batches of
     ``batch_size``. A final batch smaller than ``batch_size`` is scored as it is (fewer
     negatives); every row records the size of its batch as ``batch_size``.
+
+    Example:
+        >>> from gradharmony.models import create_model
+        >>> model = create_model("tiny", depth=1, width=32, heads=2, mlp_dim=64, video_frames=4,
+        ...                      video_size=32, audio_seconds=0.5, vocab_size=10).eval()
+        >>> clips = ClipSet(np.zeros((4, 1, 4, 32, 32, 3), np.uint8),
+        ...                 np.zeros((4, 1, 8000), np.float32), np.ones(4, bool),
+        ...                 ["a"] * 4, [[]] * 4, np.array([0, 1, 0, 1]), list("abcd"), [{}] * 4)
+        >>> from gradharmony.data.text import TextTokenizer
+        >>> tok = TextTokenizer.from_texts(["a"])
+        >>> rows = score_clips(model, clips, tok, batch_size=2, progress=False)
+        >>> len(rows), sorted(rows[0])[:4]
+        (4, ['batch', 'batch_size', 'cos', 'key'])
     """
     from gradharmony.harmonize import Harmonizer
     from gradharmony.losses import mil_nce, nce
