@@ -51,7 +51,13 @@ def _find_part(root: Path, names: tuple[str, ...]) -> str | None:
 
 def split_parts(root: str | os.PathLike) -> tuple[str | None, str | None]:
     """(train, test) parts of a classification split folder: ``train``/``test`` (or ``val``)
-    sub-folders or ``train*.tar``/``test*.tar`` shards; ``(None, None)`` when it has none."""
+    sub-folders or ``train*.tar``/``test*.tar`` shards; ``(None, None)`` when it has none.
+
+    Example:
+        >>> import tempfile
+        >>> split_parts(tempfile.mkdtemp())
+        (None, None)
+    """
     root = Path(root)
     if not root.exists():
         raise ValueError(f"split {str(root)!r} does not exist")

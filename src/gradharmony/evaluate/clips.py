@@ -46,7 +46,16 @@ def shard_files(path: str | os.PathLike) -> list[str]:
 
 def iter_samples(files: list[str]) -> Iterator[dict[str, bytes | str]]:
     """Raw samples ``{"__key__": key, "mp4": bytes, "txt": bytes, "json": bytes, ...}`` of
-    the shards in order (members grouped by the key before the first dot of the file name)."""
+    the shards in order (members grouped by the key before the first dot of the file name).
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data.writer import write_shards
+        >>> d = tempfile.mkdtemp()
+        >>> paths = write_shards([{"__key__": "k0", "txt": "hi"}], d, prefix="s")
+        >>> list(iter_samples(paths))
+        [{'__key__': 'k0', 'txt': b'hi'}]
+    """
     for f in files:
         current: dict = {}
         with tarfile.open(f, "r") as tar:
@@ -132,6 +141,12 @@ def iter_clipsets(path, spec: ClipSpec, windows: int = 1, chunk: int = 64,
 
     Undecodable samples are counted by reason into ``skipped`` (a dict the caller may pass).
     Raises ``ValueError`` when the split yields no clip at all.
+
+    Example:
+        >>> next(iter_clipsets("/nonexistent", ClipSpec()))
+        Traceback (most recent call last):
+        ...
+        ValueError: no .tar shards found at '/nonexistent'
     """
     from tqdm.auto import tqdm
 
@@ -204,6 +219,16 @@ def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,
     (all in memory; see :func:`iter_clipsets` for bounded memory).
 
     Raises ``ValueError`` when the split yields no clip.
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data.writer import write_shards
+        >>> d = tempfile.mkdtemp()
+        >>> _ = write_shards([{"__key__": "k0", "txt": "no video"}], d, prefix="s")
+        >>> load_clips(d, ClipSpec(), progress=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: the split at '...' is empty: no clip decoded (skipped: {'missing_mp4': 1})
     """
     skipped: dict[str, int] = {}
     parts = list(iter_clipsets(path, spec, windows, 256, limit, progress, skipped))

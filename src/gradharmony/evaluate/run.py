@@ -60,7 +60,12 @@ def clip_spec(config: dict) -> ClipSpec:
 
 def build_model(config: dict) -> torch.nn.Module:
     """The model a run config names (``model.preset``: a preset of
-    ``gradharmony.models.create_model`` or ``"package.module:function"``)."""
+    ``gradharmony.models.create_model`` or ``"package.module:function"``).
+
+    Example:
+        >>> type(build_model({"model": {"preset": "tiny", "kwargs": {"depth": 1}}})).__name__
+        'VATT'
+    """
     m = config.get("model", {})
     preset = m.get("preset", "tiny")
     kwargs = dict(m.get("kwargs") or {})

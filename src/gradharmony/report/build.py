@@ -80,7 +80,14 @@ def _protocol_notes(runs: list[RunRecord]) -> list[str]:
 
 
 def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> Path:
-    """Write ``out/report.md`` and its PNGs for the given runs; return the markdown path."""
+    """Write ``out/report.md`` and its PNGs for the given runs; return the markdown path.
+
+    Example:
+        >>> build_report([], "/tmp/unused")
+        Traceback (most recent call last):
+        ...
+        ValueError: no run directory given
+    """
     if not run_dirs:
         raise ValueError("no run directory given")
     out = Path(out)

@@ -64,7 +64,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def read_run(run_dir: str | Path) -> RunRecord:
-    """Load a run directory; raise ``ValueError`` naming it when it is not a run."""
+    """Load a run directory; raise ``ValueError`` naming it when it is not a run.
+
+    Example:
+        >>> read_run("/nonexistent")
+        Traceback (most recent call last):
+        ...
+        ValueError: '/nonexistent' is not a run directory (no config.yaml)
+    """
     from omegaconf import OmegaConf
 
     from gradharmony.train.rundir import load_conflicts
