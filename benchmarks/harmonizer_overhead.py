@@ -3,10 +3,10 @@
 Plain training is ``sum(losses).backward()``. Every configuration runs the same forward and
 losses on the VATT ``tiny`` preset at demo sizes (16 frames of 64x64, 2 s of 16 kHz audio,
 k=4 narrations of 16 tokens, batch 64). Timings are interleaved repetitions in one process
-(median per configuration); memory is the peak resident-set increase over one step, each
-configuration measured in a fresh process (``ru_maxrss``), since torch's CPU allocations are
-invisible to tracemalloc. The brute-force per-triplet loop (one masked backward per triplet
-and loss) is timed on a few triplets and scaled to the batch.
+(median per configuration); memory is the peak resident-set increase over one step (RSS
+polled every 2 ms from /proc/self/statm), each configuration in a fresh process, since
+torch's CPU allocations are invisible to tracemalloc. The brute-force per-triplet loop (one
+masked backward per triplet and loss) is timed on a few triplets and scaled to the batch.
 
 Run: ``python benchmarks/harmonizer_overhead.py [--batch 64] [--reps 3] [--threads 2]``.
 """
@@ -19,6 +19,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -123,12 +124,27 @@ def measure_memory(args) -> None:
     method, gran = args.memory
     gran = int(gran) if gran.isdigit() else gran
     step = make_step(model, method, None if gran == "None" else gran)
-    with torch.no_grad():
-        model(batch)  # warm up allocator paths without keeping activations
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _rss_mib()
+    peak = [before]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
     step(batch)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": (after - before) / 1024}))
+    done.set()
+    thread.join()
+    peak[0] = max(peak[0], _rss_mib())
+    print(json.dumps({"peak_mib": peak[0] - before}))
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def memory_of(args, method, gran) -> float:
@@ -168,6 +184,10 @@ def main(argv=None) -> int:
     brute = brute_force_seconds(model, batch, args.brute_triplets) / args.brute_triplets
     plain = statistics.median(times[("plain", None)])
     plain_cpu = statistics.median(cpu[("plain", None)])
+    print("| method | granularity | wall time / plain | CPU time / plain |", file=sys.stderr)
+    for c in CONFIGS:  # in case the memory runs fail, the timings are already out
+        print(f"| {c[0]} | {c[1] or '-'} | {statistics.median(times[c]) / plain:.2f}x | "
+              f"{statistics.median(cpu[c]) / plain_cpu:.2f}x |", file=sys.stderr)  # fmt: skip
     mem = {}
     if not args.no_memory:
         for c in tqdm(CONFIGS, desc="memory", file=sys.stderr):
@@ -180,6 +200,8 @@ def main(argv=None) -> int:
         t = statistics.median(times[c]) / plain
         ct = statistics.median(cpu[c]) / plain_cpu
         m = f"{mem[c] / mem[('plain', None)]:.2f}x" if mem else "-"
+        if mem:
+            m += f" ({mem[c]:.0f} MiB)"
         print(f"| {c[0]} | {c[1] or '-'} | {t:.2f}x | {ct:.2f}x | {m} |")
     print(f"| brute-force loop | sample | {brute * args.batch / plain:.1f}x "
           f"(from {args.brute_triplets} triplets) | - | - |")  # fmt: skip

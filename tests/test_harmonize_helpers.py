@@ -130,7 +130,8 @@ def flat_grad(model):
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-DDP_CASES = [("both", "sample"), ("gr", "batch"), ("cl", 2), ("gradvac", "sample")]
+# "gradvac-2": the second step, after the EMA target moved (it must move the same on all ranks)
+DDP_CASES = [("both", "sample"), ("gr", "batch"), ("cl", 2), ("gradvac-2", "sample")]
 
 
 def ddp_losses(out):
@@ -146,9 +147,11 @@ def run_cases(model, batch, cases=DDP_CASES):
 
     results = []
     for method, granularity in cases:
-        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.2)
-        model.zero_grad(set_to_none=True)
-        stats = harm.backward(ddp_losses(model(**batch)))
+        name, _, steps = method.partition("-")
+        harm = Harmonizer(model, method=name, granularity=granularity, gamma=-0.2, beta=0.5)
+        for _ in range(int(steps or 1)):
+            model.zero_grad(set_to_none=True)
+            stats = harm.backward(ddp_losses(model(**batch)))
         harm.remove()
         results.append((flat_grad(model).clone(), stats.cos.clone()))
     return results

@@ -205,7 +205,13 @@ class Harmonizer:
         if not isinstance(output, Tensor) or not output.requires_grad:
             return
         kind = kind_of(module)
-        expected = {"linear": 2, "conv": module.weight.dim(), "embedding": 1}.get(kind, 1)
+        expected = {
+            "linear": 2,
+            "conv": module.weight.dim(),
+            "embedding": 1,
+            "batchnorm": 2,
+            "layernorm": len(getattr(module, "normalized_shape", ())) + 1,
+        }[kind]
         if not isinstance(inp, Tensor) or inp.dim() < expected:
             raise RuntimeError(
                 f"{type(module).__name__} was called on an input of shape "
@@ -317,7 +323,7 @@ class Harmonizer:
         for a in range(L):
             for b in range(a, L):
                 pairs = zip(per_loss[a], per_loss[b])
-                v = sum((ga.double() * gb.double()).sum() for ga, gb in pairs)
+                v = sum(float((ga.double() * gb.double()).sum()) for ga, gb in pairs)
                 gram[0, a, b] = gram[0, b, a] = v
         weights, stats = self._decide(names, gram, step)
         new = [
@@ -371,12 +377,12 @@ class Harmonizer:
         works = [
             ModuleWork(m, calls, G, L, self.strategy, budget) for m, calls in by_module.items()
         ]
-        gram = torch.zeros(G, L, L, dtype=torch.float64)
+        gram = torch.zeros(G, L, L, dtype=torch.float64, device=works[0].device)
         for work in works:
             gram += work.gram()
             if not work.recompute_weight:
                 work.release()
-        weights, stats = self._decide(names, gram, step)
+        weights, stats = self._decide(names, gram.cpu(), step)
         updates: dict[int, Tensor] = {}
         for work in works:
             for pname, g in work.update(weights).items():

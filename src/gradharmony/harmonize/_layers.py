@@ -75,7 +75,7 @@ def batchnorm_stats(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     else:
         dims = [d for d in range(x.dim()) if d != 1]
         xf = x.detach().float()
-        count = torch.tensor(float(xf.numel() // xf.shape[1]))
+        count = torch.tensor(float(xf.numel() // xf.shape[1]), device=xf.device)
         total, sq = xf.sum(dims), (xf * xf).sum(dims)
         if isinstance(module, nn.SyncBatchNorm) and _dist_ready():
             import torch.distributed as dist
@@ -160,6 +160,7 @@ class ModuleWork:
         self.kept: dict[str, list[Tensor | None]] = {}
         self.sparse = None
         self.recompute_weight = False
+        self.device = next(d.device for c in calls for d in c.deltas if d is not None)
 
     def _trainable(self, name: str) -> bool:
         p = getattr(self.module, name, None)
@@ -183,7 +184,7 @@ class ModuleWork:
         return self._gram_of_kept()
 
     def _gram_of_kept(self) -> Tensor:
-        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64)
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
         for grads in self.kept.values():
             flat = [None if g is None else g.reshape(self.G, -1) for g in grads]
             for a in range(self.L):
@@ -255,7 +256,7 @@ class ModuleWork:
             self.kept["weight"] = grads
             return None
         self.recompute_weight = True
-        out = torch.zeros(G, self.L, self.L, dtype=torch.float64)
+        out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
         for a in range(self.L):
             for b in range(a, self.L):
                 if grads[a] is None or grads[b] is None:
@@ -268,7 +269,7 @@ class ModuleWork:
 
     def _ghost(self, a_rows: list[Tensor]) -> Tensor:
         G, L, calls = self.G, self.L, self.calls
-        out = torch.zeros(G, L, L, dtype=torch.float64)
+        out = torch.zeros(G, L, L, dtype=torch.float64, device=self.device)
         a_g = [a.reshape(G, -1, a.shape[-1]) for a in a_rows]
         d_g = [
             [None if d is None else linear_form(c, d).reshape(G, a.shape[1], -1) for d in c.deltas]
@@ -292,7 +293,7 @@ class ModuleWork:
 
     def _embedding_gram(self) -> Tensor:
         m, G = self.module, self.G
-        out = torch.zeros(G, self.L, self.L, dtype=torch.float64)
+        out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
         if not self._trainable("weight"):
             return out
         num = m.num_embeddings
@@ -310,7 +311,9 @@ class ModuleWork:
             keys.append(key)
             vals.append(ds)
         uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
-        starts = torch.tensor([0] + [k.numel() for k in keys]).cumsum(0)
+        starts = [0]
+        for k in keys:
+            starts.append(starts[-1] + k.numel())
         dim = m.embedding_dim
         per_loss: list[Tensor | None] = [None] * self.L
         for c, ds in enumerate(vals):
@@ -319,7 +322,7 @@ class ModuleWork:
                 if d is None:
                     continue
                 if per_loss[l] is None:
-                    per_loss[l] = torch.zeros(uniq.numel(), dim)
+                    per_loss[l] = torch.zeros(uniq.numel(), dim, device=self.device)
                 per_loss[l].index_add_(0, inv, d)
         group_of = uniq // num
         for a in range(self.L):
@@ -327,7 +330,8 @@ class ModuleWork:
                 if per_loss[a] is None or per_loss[b] is None:
                     continue
                 prod = (per_loss[a] * per_loss[b]).sum(1).double()
-                v = torch.zeros(G, dtype=torch.float64).index_add_(0, group_of, prod)
+                v = torch.zeros(G, dtype=torch.float64, device=self.device)
+                v = v.index_add_(0, group_of, prod)
                 out[:, a, b] += v
                 if a != b:
                     out[:, b, a] += v
@@ -367,7 +371,7 @@ class ModuleWork:
 
     def update(self, weights: Tensor) -> dict[str, Tensor]:
         """Parameter gradients ``sum_g sum_l w[g, l] G_g^l`` for loss weights ``[G, L]``."""
-        w = weights.float()
+        w = weights.float().to(self.device)
         grads: dict[str, Tensor] = {}
         for name, per_loss in self.kept.items():
             total = None
@@ -384,7 +388,9 @@ class ModuleWork:
                 w[group_of, l].unsqueeze(1) * g for l, g in enumerate(per_loss) if g is not None
             )
             weight = self.module.weight
-            grads["weight"] = torch.zeros(weight.shape).index_add_(0, rows, combined)
+            grads["weight"] = torch.zeros(weight.shape, device=self.device).index_add_(
+                0, rows, combined
+            )
         if self.recompute_weight:
             total = None
             for call in self.calls:

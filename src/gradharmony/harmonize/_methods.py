@@ -31,6 +31,22 @@ def _random_orders(groups: int, losses: int, generator: torch.Generator | None) 
     return keys.argsort(dim=-1)[..., : losses - 1]
 
 
+def _dist_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """SUM over ranks under torch.distributed (identity otherwise), so every rank's GradVac
+    target moves by the statistics of the global batch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensors
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start : start + t.numel()].view_as(t))
+        start += t.numel()
+    return tuple(out)
+
+
 def gr_weights(gram: Tensor) -> Tensor:
     """GR closed form for two losses (Algorithm 1 with the original other gradient).
 
@@ -158,7 +174,8 @@ class GradVac:
     ``beta`` defaults to 0.01 as in the GradVac paper; some libraries use 0.5.
 
     At group/sample granularity all groups of a step share one target (read before the step);
-    the EMA is then updated with the mean cosine over the groups that both losses reach.
+    the EMA is then updated with the mean cosine over the groups that both losses reach (over
+    all ranks under torch.distributed, so every rank keeps the same target).
 
     Example:
         >>> vac = GradVac(beta=0.5)
@@ -205,8 +222,8 @@ class GradVac:
             total += c
         cos = gram_cosine(k)
         reach = (sq > 0).unsqueeze(2) & (sq > 0).unsqueeze(1)
-        count = reach.sum(0)
-        mean = torch.where(count > 0, (cos * reach).sum(0) / count.clamp_min(1), target)
+        count, total_cos = _dist_sum(reach.sum(0).double(), (cos * reach).sum(0))
+        mean = torch.where(count > 0, total_cos / count.clamp_min(1), target)
         self.target = torch.where(count > 0, (1 - self.beta) * target + self.beta * mean, target)
         return total.to(gram.dtype)
 
