@@ -119,7 +119,7 @@ def markdown_tables(records: list[dict]) -> str:
 
 def plot_balance(records: list[dict], path: str, fusion: str = "concat",
                  optimizer: str = "sgd", seed: int = 0) -> str | None:
-    """Plot rho_audio and the audio coefficient per step (joint, OGM, OGM-GE) to ``path``."""
+    """Plot rho_audio (joint, OGM, OGM-GE) and both OGM coefficients per step to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,11 +134,17 @@ def plot_balance(records: list[dict], path: str, fusion: str = "concat",
         rho = np.asarray(r["rho"]["audio"], dtype=float)
         k = max(1, len(rho) // 100)
         smooth = np.convolve(rho, np.ones(k) / k, mode="valid")
-        axes[0].plot(smooth, label=r["method"])
-        axes[1].plot(r["coef"]["audio"], label=r["method"], lw=0.8)
+        color = {"joint": "C0", "ogm": "C1", "ogm-ge": "C2"}.get(r["method"])
+        axes[0].plot(smooth, label=r["method"], color=color)
+        if r["method"] == "joint":
+            continue
+        axes[1].plot(r["coef"]["audio"], label=f"{r['method']} audio", lw=0.8, color=color)
+        axes[1].plot(r["coef"]["visual"], ls=":", color=color,
+                     label=f"{r['method']} visual", lw=0.8)
     axes[0].axhline(1.0, color="grey", lw=0.5)
     axes[0].set(title=r"discrepancy ratio $\rho^{audio}$ (moving mean)", xlabel="step")
-    axes[1].set(title=r"OGM coefficient $k^{audio}$", xlabel="step", ylim=(0, 1.05))
+    axes[1].set(title="OGM coefficients $k$ (audio solid, visual dotted)", xlabel="step",
+                ylim=(0, 1.05))
     for ax in axes:
         ax.legend()
     fig.suptitle(f"{fusion} fusion, {optimizer}, seed {seed}")
