@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         records = run_grid(train, test, cfgs, out)
         table = markdown_tables(records)
         with open(os.path.join(out, "table.md"), "w") as fh:
-            fh.write(f"data: {data['source']}, n_train={args.n_train}, n_test={args.n_test}, "
-                     f"{time.time() - t0:.0f} s\n\n{table}\n")
+            train_s = sum(r.get("seconds", 0.0) for r in records)
+            fh.write(f"data: {data['source']}\n\n{len(records)} runs, {train_s:.0f} s of training "
+                     f"(recorded per run); this invocation: {time.time() - t0:.0f} s\n\n"
+                     f"{table}\n")
         for fusion in args.fusions:
             for opt in args.optimizers:
                 plot_balance(records, os.path.join(out, f"balance_{fusion}_{opt}.png"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
 from dataclasses import replace
 
@@ -59,10 +60,12 @@ def run_grid(train: dict, test: dict, configs: list[AVConfig], out_dir: str,
         key = _key(cfg)
         if key in done:
             continue
+        t0 = time.time()
         res = train_av(train, test, cfg)
         hist = res["history"]
         rec = {"key": key, "method": cfg.method, "fusion": cfg.extra.get("fusion_label"),
                "optimizer": cfg.optimizer, "seed": cfg.seed, "acc": res["acc"],
+               "seconds": round(time.time() - t0, 2),
                "probe": res["probe"], "unimodal_acc": res["unimodal_acc"],
                "gblend_weights": hist["gblend_weights"],
                "mean_rho": {m: float(np.mean(v)) for m, v in hist["rho"].items() if v}}
