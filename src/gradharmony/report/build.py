@@ -129,8 +129,16 @@ def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> 
             confs = [r.conflicts for r, lb in with_cos if lb == lab]
             series[lab] = pooled_cosines(confs)
             pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
+        gammas = {}
+        for r, lab in with_cos:
+            if r.method in ("cl", "both") and lab not in gammas:
+                rows_g = [m for m in r.metrics if "gamma" in m]
+                if rows_g:
+                    gammas[lab] = (np.array([m["step"] for m in rows_g]),
+                                   np.array([m["gamma"] for m in rows_g]))
         figs.append(("Figure 4: cos(g_va, g_vt) across training iterations",
-                     plot_conflict_distribution(series, out / "fig4_conflicts.png")))
+                     plot_conflict_distribution(series, out / "fig4_conflicts.png",
+                                                thresholds=gammas)))
         figs.append(("Distribution of all logged cosines",
                      plot_cosine_histograms(pooled, out / "fig4_histogram.png")))
     for lab, r in _first_by_label(runs, labels).items():

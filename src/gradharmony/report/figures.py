@@ -35,12 +35,14 @@ def cosine_percentiles(cosines: list[np.ndarray]) -> np.ndarray:
 def plot_conflict_distribution(
     series: dict[str, tuple[np.ndarray, list[np.ndarray]]], path: str | Path,
     title: str = "cos(g_va, g_vt) across training iterations",
+    thresholds: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Path:
     """Figure 4: per method, percentile bands of the per-triplet cosine over steps.
 
     ``series`` maps a method label to ``(steps, cosines)`` where ``cosines[i]`` holds the
     per-triplet (or per-group) cosines logged at ``steps[i]``. One panel per method, shared y
-    axis, the zero line drawn (below it the two gradients conflict).
+    axis, the zero line drawn (below it the two gradients conflict). ``thresholds`` optionally
+    maps a label to ``(steps, gamma)``: the curriculum threshold, drawn dashed.
 
     Example:
         >>> import tempfile, os
@@ -53,7 +55,8 @@ def plot_conflict_distribution(
     if not series:
         raise ValueError("series is empty: no run with logged cosines")
     n = len(series)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(6.0, 4.2 * n), 3.8), sharey=True,
+                             squeeze=False)
     for ax, (label, (steps, cosines)) in zip(axes[0], series.items()):
         steps = np.asarray(steps)
         if len(steps) != len(cosines):
@@ -64,11 +67,14 @@ def plot_conflict_distribution(
         ax.plot(steps, q[:, 2], color="C0", lw=1.5, label="median")
         frac = np.array([np.mean(np.asarray(c) < 0) for c in cosines])
         ax.axhline(0.0, color="k", lw=0.8, ls="--")
+        if thresholds and label in thresholds:
+            ax.plot(*thresholds[label], color="C3", lw=1.2, ls="--", label="γ (drop below)")
         ax.set_title(f"{label}\n(mean share of cos < 0: {100 * frac.mean():.0f}%)", fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("cos(g_va, g_vt) per triplet")
-    axes[0, 0].legend(loc="lower right", fontsize=8)
+    for ax in axes[0]:
+        ax.legend(loc="lower right", fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
@@ -197,7 +203,7 @@ def plot_tsne(
     if not embeddings:
         raise ValueError("embeddings is empty: no run to plot")
     n = len(embeddings)
-    fig, axes = plt.subplots(1, n, figsize=(3.8 * n, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(6.0, 3.8 * n), 4.0), squeeze=False)
     for ax, (label, (video, text)) in zip(axes[0], embeddings.items()):
         v2, t2 = tsne_2d(video, text, seed)
         ax.scatter(v2[:, 0], v2[:, 1], s=10, c="C0", alpha=0.7, label="video")
