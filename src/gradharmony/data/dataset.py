@@ -546,8 +546,10 @@ class ClipLoader:
     """
 
     def __init__(self, dataset: TriModalDataset, num_workers: int = 0,
-                 prefetch_factor: int = 2, pin_memory: bool = False) -> None:
+                 prefetch_factor: int = 2, pin_memory: bool = False,
+                 mp_context: str | None = None) -> None:
         self.dataset = dataset
+        self.mp_context = mp_context
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
@@ -592,7 +594,8 @@ class ClipLoader:
         ds.video_uint8 = self.num_workers > 0  # 4x less to copy between processes
         kwargs = {}
         if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init}
+            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init,
+                      "multiprocessing_context": self.mp_context}
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
                             collate_fn=_no_collate, pin_memory=self.pin_memory, **kwargs)
         for batch in loader:
@@ -642,7 +645,7 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
                 world_size: int | None = None, num_workers: int = 0,
                 shuffle_buffer: int = 64, drop_last: bool = False,
                 cache_dir: str | os.PathLike | None = None,
-                pin_memory: bool = False) -> ClipLoader:
+                pin_memory: bool = False, mp_context: str | None = None) -> ClipLoader:
     """A :class:`ClipLoader` over one shard set or a weighted mixture of them.
 
     Args:
@@ -664,6 +667,9 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         cache_dir: train from the decoded-clip cache (:mod:`gradharmony.data.cache`), built in
             this directory on first use.
         pin_memory: page-locked batches, for faster copies to a GPU.
+        mp_context: start method of the workers (default: the platform's, ``fork`` on
+            Linux; ``"forkserver"`` or ``"spawn"`` if a library in the main process does not
+            survive a fork).
 
     Example:
         >>> make_loader("no/such/*.tar", batch_size=2)
@@ -699,6 +705,7 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
         sources=sources)
-    loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory)
+    loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
+                        mp_context=mp_context)
     loader.skipped = skipped
     return loader
