@@ -131,3 +131,22 @@ def test_mismatched_rows_and_wrong_rank_are_errors():
                     ["audio", "visual"])
     with pytest.raises(ValueError, match=r"\[B, T, D\]"):
         check_batch({"audio": torch.randn(3, 4)}, ["audio"])
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat", "gating"])
+def test_three_modalities_and_custom_encoders(fusion):
+    class Mean(torch.nn.Module):
+        out_dim = 4
+
+        def forward(self, x):
+            return x.mean(1)
+
+    encs = {m: Mean() for m in ("a", "b", "c")}
+    model = AVClassifier({"a": 4, "b": 4, "c": 4}, num_classes=3, fusion=fusion, encoder=encs)
+    batch = {m: torch.randn(5, 2, 4) for m in "abc"}
+    out = model(batch)
+    torch.testing.assert_close(sum(out["slices"].values()), out["logits"])
+    # the custom encoder is used as given: features are the time means of the inputs
+    torch.testing.assert_close(out["features"]["b"], batch["b"].mean(1))
+    with pytest.raises(ValueError, match="lacks modalities"):
+        AVClassifier({"a": 4, "b": 4}, 3, fusion, encoder={"a": Mean()})

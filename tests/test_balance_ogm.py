@@ -137,3 +137,14 @@ def test_ge_noise_on_every_modality_or_only_dominant():
                            ge_modalities=scope)
         assert (not torch.equal(v.grad, torch.ones(1000).cumsum(0))) == v_changed
         assert not torch.equal(a.grad, 0.5 * torch.ones(1000).cumsum(0))
+
+
+def test_coefficients_shrink_with_alpha_and_stay_in_range():
+    prev = {"paper": 1.0, "official": 1.0}
+    for alpha in (0.0, 0.1, 0.5, 1.0, 5.0):
+        for form in prev:
+            k = ogm_coefficients({"a": 4.0, "v": 1.0}, alpha, form)["a"]
+            assert 0.0 <= k <= prev[form]
+            prev[form] = k
+    # official <= paper for the same alpha (relu(rho) >= relu(rho - 1))
+    assert prev["official"] <= prev["paper"]
