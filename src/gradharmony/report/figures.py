@@ -165,6 +165,9 @@ def plot_contact_sheet(
 def tsne_2d(video: np.ndarray, text: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Joint 2-D t-SNE (scikit-learn, seeded, PCA init) of video and text embeddings.
 
+    Runs with one OpenMP thread below 5000 points: on a shared CPU the thread pool's
+    spin-waiting costs far more than it saves at these sizes.
+
     Example:
         >>> rng = np.random.default_rng(0)
         >>> v2, t2 = tsne_2d(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)))
@@ -172,6 +175,7 @@ def tsne_2d(video: np.ndarray, text: np.ndarray, seed: int = 0) -> tuple[np.ndar
         ((10, 2), (10, 2))
     """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     video, text = np.asarray(video, float), np.asarray(text, float)
     if video.ndim != 2 or text.ndim != 2 or video.shape[1] != text.shape[1]:
@@ -181,7 +185,9 @@ def tsne_2d(video: np.ndarray, text: np.ndarray, seed: int = 0) -> tuple[np.ndar
     if x.shape[0] < 4:
         raise ValueError(f"t-SNE needs at least 4 points, got {x.shape[0]}")
     perplexity = float(min(30.0, (x.shape[0] - 1) / 3.0))
-    y = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    with threadpool_limits(limits=1 if x.shape[0] < 5000 else None):
+        y = tsne.fit_transform(x)
     return y[: len(video)], y[len(video):]
 
 
