@@ -161,3 +161,37 @@ def test_iter_clipsets_chunks_in_shard_order(tiny):
     parts = list(iter_clipsets(tiny / "data" / "retrieval", spec, 1, chunk=4, progress=False))
     assert [len(p) for p in parts] == [4, 2]
     assert [k for p in parts for k in p.keys] == [f"retrieval{i:03d}" for i in range(6)]
+
+
+def test_encode_clips_window_average_matches_per_window_encoding():
+    from gradharmony.evaluate.clips import ClipSet
+    from gradharmony.evaluate.features import encode_clips
+
+    torch.manual_seed(0)
+    model = create_model("tiny", modality_agnostic=True, **MODEL).eval()
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (3, 2, 4, 32, 32, 3), dtype=np.uint8)
+    audio = rng.normal(size=(3, 2, 8000)).astype(np.float32) * 0.1
+
+    def clipset(v, a):
+        n = v.shape[0]
+        return ClipSet(v, a, np.ones(n, bool), ["a"] * n, [[]] * n, np.zeros(n, np.int64),
+                       [str(i) for i in range(n)], [{}] * n)
+
+    got = encode_clips(model, clipset(video, audio), modalities=("video", "audio"),
+                       progress=False)
+    with torch.no_grad():  # oracle: each window alone, then normalise-mean-normalise by hand
+        per = [model.encode_video(torch.from_numpy(video[:, j]).float() / 255)["video_vt"]
+               for j in range(2)]
+        mean = sum(p / p.norm(dim=-1, keepdim=True) for p in per) / 2
+        feat = sum(model.encode_audio(torch.from_numpy(audio[:, j]))["audio_feat"]
+                   for j in range(2)) / 2
+    assert np.allclose(got["video_vt"], (mean / mean.norm(dim=-1, keepdim=True)).numpy(),
+                       atol=1e-5)
+    assert np.allclose(got["audio_feat"], feat.numpy(), atol=1e-5)
+    # identical windows are encoded once and give the single-window result
+    same = encode_clips(model, clipset(video[:, [0, 0]], audio[:, [0, 0]]), progress=False,
+                        modalities=("video",))
+    one = encode_clips(model, clipset(video[:, :1], audio[:, :1]), progress=False,
+                       modalities=("video",))
+    assert np.allclose(same["video_vt"], one["video_vt"], atol=1e-6)

@@ -21,15 +21,26 @@ def _windows_mean(x: torch.Tensor, n: int, w: int, normalise: bool) -> torch.Ten
     return average_windows(x) if normalise else x.mean(dim=1)
 
 
-def video_batch(clips: ClipSet, idx: np.ndarray, device) -> torch.Tensor:
-    """Float video ``[len(idx) * W, T, H, W, 3]`` in [0, 1] (windows of a clip adjacent)."""
-    v = torch.from_numpy(clips.video[idx]).to(device)
+def video_batch(clips: ClipSet, idx: np.ndarray, device, windows: int | None = None
+                ) -> torch.Tensor:
+    """Float video ``[len(idx) * W, T, H, W, 3]`` in [0, 1] (windows of a clip adjacent;
+    only the first ``windows`` when given)."""
+    v = torch.from_numpy(np.ascontiguousarray(clips.video[idx, :windows])).to(device)
     return v.flatten(0, 1).float().div_(255.0)
 
 
-def audio_batch(clips: ClipSet, idx: np.ndarray, device) -> torch.Tensor:
-    """Float audio ``[len(idx) * W, S]``."""
-    return torch.from_numpy(clips.audio[idx]).to(device).flatten(0, 1).float()
+def audio_batch(clips: ClipSet, idx: np.ndarray, device, windows: int | None = None
+                ) -> torch.Tensor:
+    """Float audio ``[len(idx) * W, S]`` (only the first ``windows`` when given)."""
+    a = np.ascontiguousarray(clips.audio[idx, :windows])
+    return torch.from_numpy(a).to(device).flatten(0, 1).float()
+
+
+def _distinct_windows(x: np.ndarray) -> int:
+    """1 when every window of every clip in ``x`` ``[b, W, ...]`` equals the first (a video no
+    longer than the model clip), else W: identical windows are encoded once."""
+    return 1 if all(np.array_equal(x[:, 0], x[:, j]) for j in range(1, x.shape[1])) else \
+        x.shape[1]
 
 
 def text_batch(tokenizer, texts: list[str], length: int, device, neighbors=None, k: int = 1):
@@ -61,24 +72,26 @@ def encode_clips(model, clips: ClipSet, tokenizer=None, text_len: int = 16,
         (4, 256)
     """
     model.eval()
-    n, w = clips.video.shape[0], clips.video.shape[1]
+    n = clips.video.shape[0]
     parts: dict[str, list[torch.Tensor]] = {}
     for start in tqdm(range(0, n, batch_size), desc="encode", disable=not progress,
                       leave=False):
         idx = np.arange(start, min(n, start + batch_size))
         b = len(idx)
         if "video" in modalities:
-            out = model.encode_video(video_batch(clips, idx, device))
+            wv = _distinct_windows(clips.video[idx])
+            out = model.encode_video(video_batch(clips, idx, device, wv))
             for key in ("video_va", "video_vt", "video_feat"):
                 if key in out:
                     parts.setdefault(key, []).append(
-                        _windows_mean(out[key], b, w, key != "video_feat").cpu())
+                        _windows_mean(out[key], b, wv, key != "video_feat").cpu())
         if "audio" in modalities:
-            out = model.encode_audio(audio_batch(clips, idx, device))
+            wa = _distinct_windows(clips.audio[idx])
+            out = model.encode_audio(audio_batch(clips, idx, device, wa))
             for key in ("audio_va", "audio_feat"):
                 if key in out:
                     parts.setdefault(key, []).append(
-                        _windows_mean(out[key], b, w, key != "audio_feat").cpu())
+                        _windows_mean(out[key], b, wa, key != "audio_feat").cpu())
         if "text" in modalities:
             ids, mask, _ = text_batch(tokenizer, [clips.texts[i] for i in idx], text_len,
                                       device)
