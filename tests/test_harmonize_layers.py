@@ -316,3 +316,25 @@ def test_baseline_without_measure_is_plain_backward():
     assert stats.cos.numel() == 0 and not stats.all_dropped
     for p, e in zip(model.parameters(), expected):
         torch.testing.assert_close(p.grad, e)
+
+
+def test_unbatched_calls_and_row_counts_are_rejected():
+    lin = nn.Linear(3, 2)
+    harm = Harmonizer(lin, method="gr")
+    with pytest.raises(RuntimeError, match="batch dimension"):
+        lin(torch.randn(3))
+    harm.remove()
+
+    class Broadcast(nn.Module):  # a table looked up without the batch dim, then broadcast
+        def __init__(self):
+            super().__init__()
+            self.pos, self.lin = nn.Embedding(5, 4), nn.Linear(4, 2)
+
+        def forward(self, x):  # x: [B, 5, 4]
+            return self.lin(x + self.pos(torch.arange(5))).sum(1)
+
+    model = Broadcast()
+    harm = Harmonizer(model, method="gr", granularity="sample")
+    y = model(torch.randn(4, 5, 4))
+    with pytest.raises(ValueError, match="not a multiple"):
+        harm.backward({"va": y[:, 0].sum(), "vt": y[:, 1].pow(2).sum()}, batch_size=4)
