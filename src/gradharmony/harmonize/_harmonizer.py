@@ -251,7 +251,9 @@ class Harmonizer:
 
         ``losses`` maps names to scalar losses (``{"va": ..., "vt": ...}``; the ``rw-*``
         methods look the names up). ``step`` drives the gamma schedule. ``batch_size`` is the
-        number of triplets B (default: the smallest row count among the recorded calls).
+        number of triplets B (default: the smallest row count among the recorded calls); a
+        call whose row count is not a multiple of B raises. Run one forward of the batch per
+        backward: every recorded call maps its row r to triplet ``r // (rows / B)``.
         On any error ``p.grad`` is left untouched. When ``stats.all_dropped`` is True the
         gradients are zero: skip ``optimizer.step()`` so Adam moments do not move.
         """
