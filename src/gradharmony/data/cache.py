@@ -117,7 +117,8 @@ def build_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLik
     if num_workers > 0:
         import multiprocessing as mp
 
-        pool = mp.get_context("fork").Pool(num_workers)
+        # forkserver, not fork: forked children of a threaded (torch) parent can deadlock.
+        pool = mp.get_context("forkserver" if os.name == "posix" else "spawn").Pool(num_workers)
         results = pool.imap(_decode_group, groups, chunksize=4)
     else:
         results = map(_decode_group, groups)

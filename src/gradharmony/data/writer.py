@@ -150,7 +150,9 @@ def encode_mp4(
             "crf": str(int(crf)),
             "g": str(int(gop or t)),
             "threads": "1",
-            "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0",
+            # mb-tree rate control made x264 give different bytes for the same frames
+            # (about 1 run in 3 on this FFmpeg build); without it output is reproducible.
+            "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:no-mbtree=1",
         }
         astream = None
         if audio is not None:

@@ -105,7 +105,9 @@ def _imap(func: Callable, tasks: list, workers: int, desc: str, progress: bool) 
             yield func(t)
             bar.update()
     else:
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+        # forkserver, not fork: forking a process whose torch/OpenMP threads hold locks can
+        # deadlock the children (seen when generating from inside a test session).
+        ctx = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         with ctx.Pool(workers) as pool:
             for out in pool.imap(func, tasks, chunksize=8):
                 yield out
