@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_harmonize_helpers import DDP_CASES, TinyTriModal, ddp_worker, make_batch, run_cases  # noqa: E402,I001
-from test_harmonize_helpers import one_thread  # noqa: E402,F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

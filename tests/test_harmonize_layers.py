@@ -19,8 +19,9 @@ from test_harmonize_helpers import (  # noqa: E402
     flat_grad,
     losses_of,
     make_batch,
-    one_thread,  # noqa: E402,F401
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _three_losses(y):

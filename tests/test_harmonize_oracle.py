@@ -15,9 +15,10 @@ from test_harmonize_helpers import (  # noqa: E402
     flat_grad,
     losses_of,
     make_batch,
-    one_thread,  # noqa: E402,F401
     oracle_group_grads,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 B = 6
 GRANULARITIES = {"batch": 1, 2: 3, "sample": B}

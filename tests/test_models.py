@@ -16,13 +16,7 @@ from gradharmony.models import (
 ALLOWED = (nn.Linear, nn.LayerNorm, nn.Embedding, nn.BatchNorm1d, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than two fighting a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def micro(**kw):

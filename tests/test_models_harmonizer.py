@@ -7,13 +7,7 @@ from gradharmony.harmonize import Harmonizer
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import VATTConfig, create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _setup(agnostic, head_norm="layernorm"):

@@ -6,14 +6,7 @@ import torch
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import VATTConfig, create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster than two fighting a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _overfit(steps, agnostic=True, B=8, **kw):
