@@ -74,3 +74,12 @@ def test_schedule_against_closed_form():
         lo + (lr - lo) * math.cos(math.pi / 8) ** 2)
     assert warmup_cosine(110, lr, lo, w, T) == pytest.approx(lo)
     assert warmup_cosine(500, lr, lo, w, T) == pytest.approx(lo)
+
+
+def test_override_indexes_a_list_entry_and_keeps_its_siblings():
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    cfg = load_config(demo, ["data.mixture.0.weight=2.5", "steps=7"], check=False)
+    source = cfg.data.mixture[0]
+    assert (source.weight, source.shards, cfg.steps) == (2.5, "data/synthetic/train", 7)
+    with pytest.raises(ConfigError, match=r"data\.mixture\[3\]"):
+        load_config(demo, ["data.mixture.3.shards=x"], check=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
 PRECISIONS = ("fp32", "bf16")
@@ -135,7 +135,7 @@ def _schema() -> DictConfig:
 
 def _explain(err: OmegaConfBaseException) -> ValueError:
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
-    if isinstance(err, ConfigKeyError):
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
         return ConfigError(f"unknown config key {key!r} ({err.msg.splitlines()[0]})")
     return ConfigError(f"bad value for config key {key!r}: {err.msg.splitlines()[0]}")
 
@@ -161,13 +161,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-    if overrides:
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         for layer in layers:
             cfg = OmegaConf.merge(cfg, layer)
+        for item in overrides:
+            # one key at a time: `data.mixture.0.shards=...` indexes the list (a merged
+            # dotlist would turn `0` into a dict key and fail to merge)
+            key, value = item.split("=", 1)
+            OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=True)
     except OmegaConfBaseException as err:
         raise _explain(err) from None
+    except (TypeError, IndexError) as err:
+        raise ConfigError(f"cannot apply overrides {list(overrides)}: {err}") from None
     if check:
         validate(cfg)
     return cfg
