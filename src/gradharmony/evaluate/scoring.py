@@ -62,7 +62,8 @@ def _score_batch(model, harm, clips, idx, tokenizer, k, text_len, temperature, d
     loss_vt = mil_nce(z["video_vt"], z["text_vt"], temperature=temperature,
                       candidate_mask=batch["candidate_mask"], sample_mask=batch["has_text"],
                       reduction="none")
-    stats = harm.backward({"va": loss_va.mean(), "vt": loss_vt.mean()}, step=0)
+    stats = harm.backward({"va": loss_va.mean(), "vt": loss_vt.mean()}, step=0,
+                          batch_size=len(idx))
     model.zero_grad(set_to_none=True)
     cos = stats.cos.detach().float().cpu().numpy()
     if cos.shape[0] != len(idx):

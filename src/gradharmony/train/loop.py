@@ -296,7 +296,7 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             finite = _agree(finite and bool(torch.isfinite(total)), ctx)
             stats = None
             if finite:
-                stats = harm.backward(losses, step=step)
+                stats = harm.backward(losses, step=step, batch_size=len(batch["video"]))
                 finite = _agree(_grads_finite(params), ctx)
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
