@@ -31,6 +31,7 @@ from gradharmony.data import dataset as dataset_module
 from gradharmony.data.cli import main_build_vocab
 from gradharmony.data.collate import collate
 from gradharmony.data.writer import ShardWriter, encode_mp4
+from media import garble_audio
 
 SRC_FPS, SRC_FRAMES, SRC_RATE = 8, 12, 16000  # 1.5 s source clips
 SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
@@ -243,28 +244,6 @@ def test_mixture_weights_and_text_free_set(tmp_path_factory, mp4_cache, tok):
     assert keys == sorted([f"b{i:02d}" for i in range(6)] + [f"c{i:04d}" for i in range(8)])
     # 240 i.i.d. draws with p = 1/4: standard deviation 0.028
     assert abs(n_b / n - 0.25) < 0.09
-
-
-def garble_audio(data: bytes) -> bytes:
-    """Remux an mp4 with its audio packets replaced by random bytes."""
-    rng = np.random.default_rng(0)
-    src = av.open(io.BytesIO(data))
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        streams = {s.index: out.add_stream_from_template(s) for s in src.streams}
-        for p in src.demux():
-            if p.dts is None:
-                continue
-            if p.stream.type == "audio":
-                q = av.Packet(rng.integers(0, 256, p.size, dtype=np.uint8).tobytes())
-                q.pts, q.dts, q.time_base = p.pts, p.dts, p.time_base
-                q.stream = streams[p.stream.index]
-                out.mux(q)
-            else:
-                p.stream = streams[p.stream.index]
-                out.mux(p)
-    src.close()
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
