@@ -47,6 +47,27 @@ def _dist_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
+def _sequential_surgery(k: Tensor, generator: torch.Generator | None, adjust) -> Tensor:
+    """The PCGrad/GradVac scheme in weight space: summed coefficients ``[G, L]``.
+
+    For every loss i a copy ``g_i' = sum_m c_m g_m`` starts at ``g_i``; for every other loss
+    j in a random order (per group), ``c_j += adjust(i, j, rows, c, <g_i', g_j>)``.
+    """
+    groups, losses, _ = k.shape
+    orders = _random_orders(groups, losses, generator)
+    rows = torch.arange(groups)
+    total = torch.zeros(groups, losses, dtype=torch.float64)
+    for i in range(losses):
+        c = torch.zeros(groups, losses, dtype=torch.float64)
+        c[:, i] = 1.0
+        for s in range(losses - 1):
+            j = orders[:, i, s]
+            dot = (c * k[rows, :, j]).sum(-1)
+            c[rows, j] += adjust(i, j, rows, c, dot)
+        total += c
+    return total
+
+
 def gr_weights(gram: Tensor) -> Tensor:
     """GR closed form for two losses (Algorithm 1 with the original other gradient).
 
@@ -84,20 +105,13 @@ def pcgrad_weights(gram: Tensor, generator: torch.Generator | None = None) -> Te
     groups, losses, _ = k.shape
     if losses == 1:
         return torch.ones(groups, 1, dtype=gram.dtype)
-    orders = _random_orders(groups, losses, generator)
     sq = k.diagonal(dim1=1, dim2=2)
-    rows = torch.arange(groups)
-    total = torch.zeros(groups, losses, dtype=torch.float64)
-    for i in range(losses):
-        c = torch.zeros(groups, losses, dtype=torch.float64)
-        c[:, i] = 1.0
-        for s in range(losses - 1):
-            j = orders[:, i, s]
-            dot = (c * k[rows, :, j]).sum(-1)
-            sq_j = sq[rows, j]
-            coef = torch.where((dot < 0) & (sq_j > 0), dot / sq_j.clamp_min(1e-300), 0.0)
-            c[rows, j] -= coef
-        total += c
+
+    def project(i, j, rows, c, dot):
+        sq_j = sq[rows, j]
+        return -torch.where((dot < 0) & (sq_j > 0), dot / sq_j.clamp_min(1e-300), 0.0)
+
+    total = _sequential_surgery(k, generator, project)
     return total.to(gram.dtype)
 
 
@@ -198,28 +212,22 @@ class GradVac:
         if self.target is None or self.target.shape[0] != losses:
             self.target = torch.zeros(losses, losses, dtype=torch.float64)
         target = self.target
-        orders = _random_orders(groups, losses, self.generator)
         sq = k.diagonal(dim1=1, dim2=2)
-        rows = torch.arange(groups)
-        total = torch.zeros(groups, losses, dtype=torch.float64)
-        for i in range(losses):
-            c = torch.zeros(groups, losses, dtype=torch.float64)
-            c[:, i] = 1.0
-            for s in range(losses - 1):
-                j = orders[:, i, s]
-                dot = (c * k[rows, :, j]).sum(-1)
-                norm_c = torch.einsum("gl,glm,gm->g", c, k, c).clamp_min(0.0).sqrt()
-                norm_j = sq[rows, j].clamp_min(0.0).sqrt()
-                ok = (norm_c > 0) & (norm_j > 0)
-                phi = torch.where(ok, dot / (norm_c * norm_j).clamp_min(1e-300), 0.0)
-                phi = phi.clamp(-1.0, 1.0)
-                phi_hat = target[i, j]
-                move = ok & (phi < phi_hat)
-                root_hat = (1 - phi_hat**2).clamp_min(1e-12).sqrt()
-                coef = norm_c * (phi_hat * (1 - phi**2).sqrt() - phi * root_hat)
-                coef = coef / (norm_j.clamp_min(1e-300) * root_hat)
-                c[rows, j] += torch.where(move, coef, 0.0)
-            total += c
+
+        def vaccinate(i, j, rows, c, dot):
+            norm_c = torch.einsum("gl,glm,gm->g", c, k, c).clamp_min(0.0).sqrt()
+            norm_j = sq[rows, j].clamp_min(0.0).sqrt()
+            ok = (norm_c > 0) & (norm_j > 0)
+            phi = torch.where(ok, dot / (norm_c * norm_j).clamp_min(1e-300), 0.0)
+            phi = phi.clamp(-1.0, 1.0)
+            phi_hat = target[i, j]
+            move = ok & (phi < phi_hat)
+            root_hat = (1 - phi_hat**2).clamp_min(1e-12).sqrt()
+            coef = norm_c * (phi_hat * (1 - phi**2).sqrt() - phi * root_hat)
+            coef = coef / (norm_j.clamp_min(1e-300) * root_hat)
+            return torch.where(move, coef, 0.0)
+
+        total = _sequential_surgery(k, self.generator, vaccinate)
         cos = gram_cosine(k)
         reach = (sq > 0).unsqueeze(2) & (sq > 0).unsqueeze(1)
         count, total_cos = _dist_sum(reach.sum(0).double(), (cos * reach).sum(0))
