@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
+from ._backward import OutputGradients
 from ._functional import gram_cosine
 from ._layers import SUPPORTED, Call, ModuleWork, batchnorm_stats, check_module, kind_of
 from ._methods import (
@@ -218,8 +220,10 @@ class Harmonizer:
                 f"{None if inp is None else tuple(inp.shape)}; the Harmonizer needs a batch "
                 "dimension (triplet on dim 0)"
             )
+        if output.grad_fn is None:
+            return  # a leaf: no layer computation to differentiate through
         stats = batchnorm_stats(module, inp) if kind == "batchnorm" else None
-        self._records.append(Call(module, inp.detach(), output, stats))
+        self._records.append(Call(module, inp.detach(), get_gradient_edge(output), stats))
 
     def reset(self) -> None:
         """Forget the recorded forward calls."""
@@ -336,7 +340,7 @@ class Harmonizer:
         return stats
 
     def _grouped(self, names, tensors, step, batch_size) -> HarmonizeStats:
-        records = [c for c in self._records if c.out.grad_fn is not None]
+        records = self._records
         if not records:
             raise RuntimeError(
                 "no forward pass was recorded since the last backward: run the model with grad "
@@ -355,30 +359,50 @@ class Harmonizer:
             )
         G = B // self.group_size
         L = len(names)
-        outs = [c.out for c in records]
-        for c in records:
-            c.deltas = []
-        for l, (name, loss) in enumerate(zip(names, tensors)):
-            grads = torch.autograd.grad(loss, outs, retain_graph=l < L - 1, allow_unused=True)
-            if all(g is None for g in grads):
-                raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
-            for c, g in zip(records, grads):
-                c.deltas.append(g)
-        del outs, grads
-        for c in records:
-            c.out = None  # the graph is freed; keep only inputs and output gradients
-        with torch.no_grad():
-            return self._grouped_update(names, records, G, L, step)
-
-    def _grouped_update(self, names, records, G, L, step) -> HarmonizeStats:
         by_module: dict[nn.Module, list[Call]] = {}
         for c in records:
-            if any(d is not None for d in c.deltas):
-                by_module.setdefault(c.module, []).append(c)
+            by_module.setdefault(c.module, []).append(c)
         budget = [self.keep_bytes]
         works = [
             ModuleWork(m, calls, G, L, self.strategy, budget) for m, calls in by_module.items()
         ]
+        self._records = []
+        self._collect_output_gradients(names, tensors, records, works)
+        del records
+        with torch.no_grad():
+            return self._grouped_update(names, [w for w in works if w.reached], G, L, step)
+
+    def _collect_output_gradients(self, names, tensors, records, works) -> None:
+        """Hand every loss's gradient at every recorded output to its module, as it arrives.
+
+        A call of a norm layer or embedding keeps no output gradient (its module folds each
+        into per-group sums), and its input is dropped once every loss reaching it delivered.
+        """
+        slot = {}
+        for work in works:
+            for i, call in enumerate(work.calls):
+                slot[id(call)] = (work, i)
+        grads = OutputGradients(tensors, [c.edge for c in records])
+        waiting = [len(r) for r in grads.reached]
+        reached = [False] * len(names)
+        with torch.no_grad():
+            for l, indices, values in grads:
+                for k, g in zip(indices, values):
+                    if g is None:
+                        continue
+                    reached[l] = True
+                    work, i = slot[id(records[k])]
+                    work.absorb(i, l, g)
+                    waiting[k] -= 1
+                    if waiting[k] == 0 and work.reduces_on_arrival:
+                        records[k].inp = None
+        for c in records:
+            c.edge = None
+        for name, ok in zip(names, reached):
+            if not ok:
+                raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
+
+    def _grouped_update(self, names, works, G, L, step) -> HarmonizeStats:
         gram = torch.zeros(G, L, L, dtype=torch.float64, device=works[0].device)
         for work in works:
             gram += work.gram()

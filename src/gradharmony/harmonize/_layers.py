@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._BatchNorm,)
@@ -25,13 +26,17 @@ SUPPORTED = (nn.Linear, nn.LayerNorm, nn.Embedding, *_CONV, *_NORM)
 
 @dataclass
 class Call:
-    """One recorded forward of a supported module."""
+    """One recorded forward of a supported module.
+
+    ``edge`` is the autograd edge of the output (not the output tensor, which autograd may
+    free when it does not save it); ``deltas`` the per-loss gradients at that output.
+    """
 
     module: nn.Module
     inp: Tensor | None
-    out: Tensor | None
+    edge: GradientEdge | None
     stats: tuple[Tensor, Tensor] | None = None  # BatchNorm (mean, invstd) used in the forward
-    deltas: list[Tensor | None] = field(default_factory=list)  # per loss, at ``out``
+    deltas: list[Tensor | None] = field(default_factory=list)  # per loss, at the output
 
     @property
     def rows(self) -> int:
@@ -111,6 +116,11 @@ def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     return x.reshape(n, -1, c * math.prod(module.kernel_size))
 
 
+def _rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum(1)`` in float64 for ``[G, n]`` rows, without an ``[G, n]`` temporary."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).double()
+
+
 def linear_form(call: Call, delta: Tensor | None = None) -> Tensor:
     """Rows of the input ``A: [N, T, in]`` (or of ``delta``: ``[N, T, out]``) in float32."""
     m = call.module
@@ -160,7 +170,33 @@ class ModuleWork:
         self.kept: dict[str, list[Tensor | None]] = {}
         self.sparse = None
         self.recompute_weight = False
-        self.device = next(d.device for c in calls for d in c.deltas if d is not None)
+        self.device = calls[0].inp.device
+        self.reached = False
+        for call in calls:
+            call.deltas = [None] * num_losses
+        self._rows = self._embedding_rows() if self.kind == "embedding" else None
+
+    @property
+    def reduces_on_arrival(self) -> bool:
+        """Norms and embeddings fold each output gradient into small per-group sums at once."""
+        return self.kind in ("layernorm", "batchnorm", "embedding")
+
+    def absorb(self, index: int, loss: int, delta: Tensor) -> None:
+        """Take loss ``loss``'s gradient at the output of call ``index``.
+
+        Linear/Conv keep it for the Gramian and the update; norms reduce it to per-group
+        weight/bias gradients and embeddings to per-(group, row) sums, and drop it.
+        """
+        self.reached = True
+        call = self.calls[index]
+        if self.kind == "embedding":
+            self._absorb_embedding(index, loss, delta)
+        elif self.reduces_on_arrival:
+            for name, rows in diag_rows(call, delta).items():
+                if self._trainable(name):
+                    self._add(name, loss, self._group(rows))
+        else:
+            call.deltas[loss] = delta
 
     def _trainable(self, name: str) -> bool:
         p = getattr(self.module, name, None)
@@ -171,11 +207,9 @@ class ModuleWork:
 
     def gram(self) -> Tensor:
         """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
-        if self.kind in ("layernorm", "batchnorm"):
-            self._dense_from_rows()
-        elif self.kind == "embedding":
+        if self.kind == "embedding":
             return self._embedding_gram()
-        else:
+        if not self.reduces_on_arrival:
             self._linear_bias()
             if self._trainable("weight"):
                 ghost = self._linear_weight()
@@ -191,7 +225,7 @@ class ModuleWork:
                 for b in range(a, self.L):
                     if flat[a] is None or flat[b] is None:
                         continue
-                    v = (flat[a] * flat[b]).sum(1).double()
+                    v = _rowwise_dot(flat[a], flat[b])
                     out[:, a, b] += v
                     if a != b:
                         out[:, b, a] += v
@@ -200,15 +234,6 @@ class ModuleWork:
     def _add(self, name: str, loss: int, value: Tensor) -> None:
         grads = self.kept.setdefault(name, [None] * self.L)
         grads[loss] = value if grads[loss] is None else grads[loss] + value
-
-    def _dense_from_rows(self) -> None:
-        for call in self.calls:
-            for l, delta in enumerate(call.deltas):
-                if delta is None:
-                    continue
-                for name, rows in diag_rows(call, delta).items():
-                    if self._trainable(name):
-                        self._add(name, l, self._group(rows))
 
     def _linear_bias(self) -> None:
         if not self._trainable("bias"):
@@ -249,8 +274,10 @@ class ModuleWork:
                 if delta is None:
                     continue
                 d_g = linear_form(call, delta).reshape(G, -1, d_out)
-                w = torch.bmm(d_g.transpose(1, 2), a_g)
-                grads[l] = w if grads[l] is None else grads[l] + w
+                if grads[l] is None:
+                    grads[l] = torch.bmm(d_g.transpose(1, 2), a_g)
+                else:
+                    grads[l].baddbmm_(d_g.transpose(1, 2), a_g)
         if keep:
             self.budget[0] -= size
             self.kept["weight"] = grads
@@ -261,7 +288,7 @@ class ModuleWork:
             for b in range(a, self.L):
                 if grads[a] is None or grads[b] is None:
                     continue
-                v = (grads[a] * grads[b]).sum((1, 2)).double()
+                v = _rowwise_dot(grads[a].reshape(G, -1), grads[b].reshape(G, -1))
                 out[:, a, b] += v
                 if a != b:
                     out[:, b, a] += v
@@ -291,39 +318,37 @@ class ModuleWork:
                             out[:, b, a] += v
         return out
 
+    def _embedding_rows(self):
+        """Distinct (group, index) keys over all calls and each call's position in them."""
+        num, G = self.module.num_embeddings, self.G
+        keys = []
+        for call in self.calls:
+            idx = call.inp
+            group = torch.arange(idx.shape[0], device=idx.device) // (idx.shape[0] // G)
+            group = group.view(-1, *([1] * (idx.dim() - 1))).expand_as(idx)
+            keys.append((group * num + idx).reshape(-1))
+        uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        per_call = list(inverse.split([k.numel() for k in keys]))
+        return uniq, per_call, [None] * self.L
+
+    def _absorb_embedding(self, index: int, loss: int, delta: Tensor) -> None:
+        m, call = self.module, self.calls[index]
+        if not self._trainable("weight"):
+            return
+        uniq, per_call, per_loss = self._rows
+        d = delta.float().reshape(-1, delta.shape[-1])
+        if m.padding_idx is not None:
+            d = d * (call.inp.reshape(-1) != m.padding_idx).unsqueeze(1)
+        if per_loss[loss] is None:
+            per_loss[loss] = torch.zeros(uniq.numel(), m.embedding_dim, device=d.device)
+        per_loss[loss].index_add_(0, per_call[index], d)
+
     def _embedding_gram(self) -> Tensor:
-        m, G = self.module, self.G
+        G, num = self.G, self.module.num_embeddings
         out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
         if not self._trainable("weight"):
             return out
-        num = m.num_embeddings
-        keys, vals = [], []
-        for call in self.calls:
-            idx = call.inp
-            per_group = idx.shape[0] // G
-            group = torch.arange(idx.shape[0], device=idx.device) // per_group
-            group = group.view(-1, *([1] * (idx.dim() - 1))).expand_as(idx)
-            key = (group * num + idx).reshape(-1)
-            ds = [None if d is None else d.float().reshape(-1, d.shape[-1]) for d in call.deltas]
-            if m.padding_idx is not None:
-                live = (idx.reshape(-1) != m.padding_idx).unsqueeze(1)
-                ds = [None if d is None else d * live for d in ds]
-            keys.append(key)
-            vals.append(ds)
-        uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
-        starts = [0]
-        for k in keys:
-            starts.append(starts[-1] + k.numel())
-        dim = m.embedding_dim
-        per_loss: list[Tensor | None] = [None] * self.L
-        for c, ds in enumerate(vals):
-            inv = inverse[starts[c] : starts[c + 1]]
-            for l, d in enumerate(ds):
-                if d is None:
-                    continue
-                if per_loss[l] is None:
-                    per_loss[l] = torch.zeros(uniq.numel(), dim, device=self.device)
-                per_loss[l].index_add_(0, inv, d)
+        uniq, _, per_loss = self._rows
         group_of = uniq // num
         for a in range(self.L):
             for b in range(a, self.L):
