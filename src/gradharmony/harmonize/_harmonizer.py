@@ -98,8 +98,11 @@ class Harmonizer:
         measure: for ``baseline``, still compute the Gramian (cosines for conflict plots).
         beta: GradVac EMA rate (default 0.01 as in the GradVac paper; some libraries use 0.5).
         strategy: ``auto | ghost | materialize``, how Linear/Conv weights enter the Gramian.
-        keep_bytes: memory allowed for keeping per-group weight gradients between the Gramian
-            and the update (beyond it the update is recomputed from activations).
+        keep_bytes: extra memory allowed for keeping materialised per-group weight gradients
+            from the Gramian to the update. A module's are kept when that (net of the recorded
+            inputs and output gradients it lets go) stays within the allowance, so the default
+            0 keeps them only where it saves memory; elsewhere the update is recomputed as
+            ``A^T (sum_l w_l Delta^l)``. Negative: never keep.
         seed: seeds the random pairwise orders of PCGrad/GradVac.
 
     A group a loss does not reach (e.g. a clip without narration) is kept with weights 1 and
@@ -127,7 +130,7 @@ class Harmonizer:
         measure: bool = True,
         beta: float = 0.01,
         strategy: str = "auto",
-        keep_bytes: int = 64 * 2**20,
+        keep_bytes: int = 0,
         seed: int = 0,
     ):
         if method not in METHODS:

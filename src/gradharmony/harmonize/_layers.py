@@ -157,9 +157,11 @@ class ModuleWork:
     per-group gradients ``[G, out, in]``; ``"ghost"`` uses
     ``<G_g^a, G_g^b> = sum_{c, c'} sum((A_c A_c'^T) * (Delta_c^a Delta_c'^b^T))`` over the
     group's rows of every pair of calls (cross-pass terms included); ``"auto"`` takes the
-    cheaper by a flop count. Per-group weight gradients are kept for the update while they
-    fit in ``budget`` (a one-element list of bytes, shared by all modules of a step);
-    otherwise the update is recomputed as ``A^T (sum_l w_l Delta^l)``.
+    cheaper by a flop count. Materialised per-group weight gradients are kept for the update
+    when keeping them (and releasing the recorded inputs and output gradients) grows memory
+    by no more than what is left of ``budget`` (a one-element list of bytes, shared by all
+    modules of a step; negative: never keep); otherwise the update is recomputed as
+    ``A^T (sum_l w_l Delta^l)``.
     """
 
     def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None):
@@ -260,7 +262,8 @@ class ModuleWork:
             for j in range(i, len(calls))
         )
         size = 4 * G * self.L * d_in * d_out
-        keep = size <= self.budget[0]
+        growth = size - self._recorded_bytes()  # keeping lets the recorded tensors go
+        keep = self.budget[0] >= 0 and growth <= self.budget[0]
         strategy = self.strategy
         if strategy == "auto":
             strategy = "materialize" if mat + (0 if keep else update) <= ghost + update else "ghost"
@@ -279,7 +282,7 @@ class ModuleWork:
                 else:
                     grads[l].baddbmm_(d_g.transpose(1, 2), a_g)
         if keep:
-            self.budget[0] -= size
+            self.budget[0] -= max(growth, 0)
             self.kept["weight"] = grads
             return None
         self.recompute_weight = True
@@ -293,6 +296,11 @@ class ModuleWork:
                 if a != b:
                     out[:, b, a] += v
         return out
+
+    def _recorded_bytes(self) -> int:
+        """Bytes of the inputs and output gradients this module's calls hold."""
+        tensors = [t for c in self.calls for t in (c.inp, *c.deltas) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def _ghost(self, a_rows: list[Tensor]) -> Tensor:
         G, L, calls = self.G, self.L, self.calls
