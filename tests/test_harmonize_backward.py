@@ -62,7 +62,9 @@ def _oracle(kind):
 
 
 @pytest.mark.parametrize(
-    "kind,split", [("passes", True), ("nested", False), ("loss-of-loss", False), ("scaled", True), ("three", True)]
+    "kind,split",
+    [("passes", True), ("nested", False), ("loss-of-loss", False), ("scaled", True),
+     ("three", True)],  # fmt: skip
 )
 def test_gradients_equal_one_backward_per_loss(kind, split):
     expected = _oracle(kind)

@@ -291,13 +291,16 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             # every rank takes the same branch: the losses and harm.backward are collectives
             finite = _agree(all(bool(torch.isfinite(out[k]).all()) for k in EMBEDDINGS), ctx)
             losses = cma_losses(out, batch, cfg.model.temperature) if finite else {}
+            del out  # the graph goes with the losses below, before the next forward
             total = (losses["va"].detach() + losses["vt"].detach()) if finite else \
                 torch.tensor(float("nan"))
+            values = {k: float(v.detach()) for k, v in losses.items()}
             finite = _agree(finite and bool(torch.isfinite(total)), ctx)
             stats = None
             if finite:
                 stats = harm.backward(losses, step=step, batch_size=len(batch["video"]))
                 finite = _agree(_grads_finite(params), ctx)
+            del losses
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 counts["skipped_nonfinite"] += 1
@@ -334,8 +337,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             window["groups"] += kept.numel()
             window["clips"] += n_clips
             window["loss"].append(float(total))
-            window["va"].append(float(losses["va"].detach()))
-            window["vt"].append(float(losses["vt"].detach()))
+            window["va"].append(values["va"])
+            window["vt"].append(values["vt"])
             if log is not None and cfg.conflicts_every and step % cfg.conflicts_every == 0:
                 log.conflicts(step, cos)
 
