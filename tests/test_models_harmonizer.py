@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gradharmony.harmonize import Harmonizer
+from gradharmony.harmonize._backward import OutputGradients
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import VATTConfig, create_model
 
@@ -76,3 +77,23 @@ def test_batchnorm_heads_baseline_update_is_the_plain_gradient():
     assert stats.cos.shape == (5,)
     for p, g in zip(params, plain):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("agnostic", [True, False])
+def test_vatt_backward_runs_each_losses_own_pass_once(agnostic, monkeypatch):
+    """VATT's graph splits cleanly: audio is va's own pass, text vt's, video is shared."""
+    seen = []
+    init = OutputGradients.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        seen.append(self)
+
+    monkeypatch.setattr(OutputGradients, "__init__", spy)
+    model, batch = _setup(agnostic)
+    harm = Harmonizer(model, method="both", granularity="sample", gamma=-0.3)
+    harm.backward(_losses(model(batch), batch), batch_size=5)
+    (grads,) = seen
+    assert grads.split
+    kinds = {frozenset(r) for r in grads.reached}
+    assert kinds == {frozenset({0}), frozenset({1}), frozenset({0, 1})}
