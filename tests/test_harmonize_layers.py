@@ -336,6 +336,40 @@ def test_unbatched_calls_and_row_counts_are_rejected():
 
     model = Broadcast()
     harm = Harmonizer(model, method="gr", granularity="sample")
-    y = model(torch.randn(4, 5, 4))
-    with pytest.raises(ValueError, match="not a multiple"):
-        harm.backward({"va": y[:, 0].sum(), "vt": y[:, 1].pow(2).sum()}, batch_size=4)
+    for b in (4, 5):  # 5 positions: a multiple of B = 5, silently mis-attributed before
+        y = model(torch.randn(b, 5, 4))
+        with pytest.raises(ValueError, match=r"Embedding 'pos' \(shape \[5, 4\]\) is broadcast"):
+            harm.backward({"va": y[:, 0].sum(), "vt": y[:, 1].pow(2).sum()}, batch_size=b)
+        assert all(p.grad is None for p in model.parameters())
+
+
+class _Queries(nn.Module):
+    """Learned queries from a batch-free table, expanded or kept per triplet."""
+
+    def __init__(self, batched: bool):
+        super().__init__()
+        self.batched = batched
+        self.query, self.lin = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.register_buffer("seed", torch.randn(2, 3))
+
+    def forward(self, x):  # x: [B, 2, 4]
+        b = x.shape[0]
+        if self.batched:  # the triplet on dim 0 of every call: fine
+            q = self.query(self.seed.expand(b, 2, 3))
+        else:
+            q = self.query(self.seed[:1]).expand(b, 2, 4)  # dim 0 of size 1 spread over B
+        return self.lin(x * q + q[:, :1]).sum(1)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_expanded_batch_free_outputs_are_rejected_and_batched_ones_accepted(batched):
+    model = _Queries(batched)
+    harm = Harmonizer(model, method="gr", granularity="sample")
+    y = model(torch.randn(4, 2, 4))
+    losses = {"va": y[:, 0].sum(), "vt": y[:, 1].pow(2).sum()}
+    if batched:
+        stats = harm.backward(losses, batch_size=4)
+        assert stats.cos.shape == (4,)
+    else:
+        with pytest.raises(ValueError, match="Linear 'query'.*ExpandBackward"):
+            harm.backward(losses, batch_size=4)

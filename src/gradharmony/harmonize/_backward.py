@@ -60,7 +60,10 @@ class OutputGradients:
     at most once, and a pair that never appears has no gradient (the loss does not reach the
     edge). ``reached[i]`` is the set of losses whose graph contains edge ``i``; ``split`` says
     whether the own/shared schedule is used (else one backward per loss over the whole graph).
-    Iterate once: the graph is consumed.
+    ``broadcast`` maps an edge index to ``(op, edge shape, result shape)`` when an
+    elementwise op or ``expand``/``repeat`` spreads that output over a new leading dimension
+    or a size-1 dim 0 (its rows cannot be a triplet's then). Iterate once: the graph is
+    consumed.
 
     Example:
         >>> from torch.autograd.graph import get_gradient_edge
@@ -79,6 +82,7 @@ class OutputGradients:
         self.reached = [{l for l, nodes in enumerate(reach) if e.node in nodes} for e in edges]
         shared = {node for node, c in count.items() if c > 1}
         useful = _ancestors(set(count), {e.node for e in edges})
+        self.broadcast = _broadcasts(set(count), edges)
         self._root_shared = [loss.grad_fn in shared for loss in losses]
         self._plans = [self._plan(l, reach[l], shared, useful) for l in range(len(losses))]
         self.split = all(p is not None for p in self._plans)
@@ -137,6 +141,33 @@ class OutputGradients:
                 allow_unused=True,
             )
             yield l, mine, grads
+
+
+_BROADCASTING = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Maximum", "Minimum", "Where", "Addcmul", "Addcdiv",
+    "Lerp", "Expand", "Repeat",
+)  # fmt: skip
+
+
+def _broadcasts(nodes: set, edges: list[GradientEdge]) -> dict[int, tuple]:
+    """Edges whose tensor a consumer broadcasts along a new leading or a size-1 dim 0."""
+    index = {(e.node, e.output_nr): i for i, e in enumerate(edges)}
+    found = {}
+    for node in nodes:
+        name = type(node).__name__
+        if not name.startswith(_BROADCASTING):
+            continue
+        for child, nr in node.next_functions:
+            i = index.get((child, nr))
+            if i is None or i in found:
+                continue
+            mine = tuple(child._input_metadata[nr].shape)
+            for meta in node._input_metadata:
+                out = tuple(meta.shape)
+                if len(out) > len(mine) or (out and mine and mine[0] == 1 < out[0]):
+                    found[i] = (name, mine, out)
+                    break
+    return found
 
 
 def _reach_many(starts: list, within: set) -> set:

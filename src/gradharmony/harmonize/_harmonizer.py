@@ -349,6 +349,8 @@ class Harmonizer:
                 "no forward pass was recorded since the last backward: run the model with grad "
                 "enabled after creating the Harmonizer"
             )
+        grads = OutputGradients(tensors, [c.edge for c in records])
+        self._check_broadcast(records, grads.broadcast)
         B = batch_size or min(c.rows for c in records)
         for c in records:
             if c.rows % B:
@@ -370,12 +372,25 @@ class Harmonizer:
             ModuleWork(m, calls, G, L, self.strategy, budget) for m, calls in by_module.items()
         ]
         self._records = []
-        self._collect_output_gradients(names, tensors, records, works)
+        self._collect_output_gradients(names, grads, records, works)
         del records
         with torch.no_grad():
             return self._grouped_update(names, [w for w in works if w.reached], G, L, step)
 
-    def _collect_output_gradients(self, names, tensors, records, works) -> None:
+    def _check_broadcast(self, records: list[Call], broadcast: dict) -> None:
+        if not broadcast:
+            return
+        names = {m: n for n, m in self.model.named_modules()}
+        i, (op, shape, result) = next(iter(sorted(broadcast.items())))
+        module = records[i].module
+        raise ValueError(
+            f"the output of {type(module).__name__} {names.get(module, '?')!r} (shape "
+            f"{list(shape)}) is broadcast to {list(result)} by {op}: its gradient arrives "
+            "summed over the triplets and cannot be split per triplet. Give the call the batch "
+            "dimension, e.g. look a positional table up with torch.arange(T).expand(B, T)"
+        )
+
+    def _collect_output_gradients(self, names, grads, records, works) -> None:
         """Hand every loss's gradient at every recorded output to its module, as it arrives.
 
         A call of a norm layer or embedding keeps no output gradient (its module folds each
@@ -385,7 +400,6 @@ class Harmonizer:
         for work in works:
             for i, call in enumerate(work.calls):
                 slot[id(call)] = (work, i)
-        grads = OutputGradients(tensors, [c.edge for c in records])
         waiting = [len(r) for r in grads.reached]
         reached = [False] * len(names)
         with torch.no_grad():
