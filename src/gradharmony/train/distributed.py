@@ -67,8 +67,13 @@ def setup(device: str = "auto") -> DistContext:
 
 
 def teardown() -> None:
-    """Leave the process group if one was joined."""
+    """Leave the process group if one was joined.
+
+    All ranks meet at a barrier first: a rank that closes its gloo connections while a peer
+    is still sending can abort the peer ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
