@@ -116,9 +116,19 @@ def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:
     return x.reshape(n, -1, c * math.prod(module.kernel_size))
 
 
-def _rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
-    """``(x * y).sum(1)`` in float64 for ``[G, n]`` rows, without an ``[G, n]`` temporary."""
-    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).reshape(-1).double()
+def _stacked_gram(rows: Tensor, reached: list[int], num_losses: int) -> Tensor:
+    """``[G, L, L]`` float64 Gramian of per-loss rows stacked as ``[R, G, ...]``.
+
+    One batched product over the groups (``reached[r]`` names the loss of ``rows[r]``; the
+    entries of losses not reached stay 0): far faster than one dot product per pair.
+    """
+    R, G = rows.shape[:2]
+    flat = rows.reshape(R, G, -1).transpose(0, 1)
+    inner = torch.bmm(flat, flat.transpose(1, 2)).double()
+    out = torch.zeros(G, num_losses, num_losses, dtype=torch.float64, device=rows.device)
+    index = torch.tensor(reached, device=rows.device)
+    out[:, index[:, None], index[None, :]] = inner
+    return out
 
 
 def linear_form(call: Call, delta: Tensor | None = None) -> Tensor:
@@ -211,26 +221,19 @@ class ModuleWork:
         """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
         if self.kind == "embedding":
             return self._embedding_gram()
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
+        counted = set()
         if not self.reduces_on_arrival:
             self._linear_bias()
             if self._trainable("weight"):
-                ghost = self._linear_weight()
-                if ghost is not None:
-                    return ghost + self._gram_of_kept()
-        return self._gram_of_kept()
-
-    def _gram_of_kept(self) -> Tensor:
-        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
-        for grads in self.kept.values():
-            flat = [None if g is None else g.reshape(self.G, -1) for g in grads]
-            for a in range(self.L):
-                for b in range(a, self.L):
-                    if flat[a] is None or flat[b] is None:
-                        continue
-                    v = _rowwise_dot(flat[a], flat[b])
-                    out[:, a, b] += v
-                    if a != b:
-                        out[:, b, a] += v
+                out += self._linear_weight()
+                counted.add("weight")  # kept or not, its Gramian is in already
+        for name, grads in self.kept.items():
+            if name not in counted:
+                reached = [l for l, g in enumerate(grads) if g is not None]
+                if reached:
+                    rows = torch.stack([grads[l].reshape(self.G, -1) for l in reached])
+                    out += _stacked_gram(rows, reached, self.L)
         return out
 
     def _add(self, name: str, loss: int, value: Tensor) -> None:
@@ -270,32 +273,22 @@ class ModuleWork:
         if strategy == "ghost":
             self.recompute_weight = True
             return self._ghost(a_rows)
-        grads: list[Tensor | None] = [None] * self.L
+        reached = sorted({l for c in calls for l, d in enumerate(c.deltas) if d is not None})
+        slot = {l: k for k, l in enumerate(reached)}
+        stacked = torch.zeros(len(reached), G, d_out, d_in, device=self.device)
         for call, a in zip(calls, a_rows):
             a_g = a.reshape(G, -1, d_in)
             for l, delta in enumerate(call.deltas):
-                if delta is None:
-                    continue
-                d_g = linear_form(call, delta).reshape(G, -1, d_out)
-                if grads[l] is None:
-                    grads[l] = torch.bmm(d_g.transpose(1, 2), a_g)
-                else:
-                    grads[l].baddbmm_(d_g.transpose(1, 2), a_g)
+                if delta is not None:
+                    d_g = linear_form(call, delta).reshape(G, -1, d_out)
+                    stacked[slot[l]].baddbmm_(d_g.transpose(1, 2), a_g)
+        gram = _stacked_gram(stacked, reached, self.L)
         if keep:
             self.budget[0] -= max(growth, 0)
-            self.kept["weight"] = grads
-            return None
-        self.recompute_weight = True
-        out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
-        for a in range(self.L):
-            for b in range(a, self.L):
-                if grads[a] is None or grads[b] is None:
-                    continue
-                v = _rowwise_dot(grads[a].reshape(G, -1), grads[b].reshape(G, -1))
-                out[:, a, b] += v
-                if a != b:
-                    out[:, b, a] += v
-        return out
+            self.kept["weight"] = [stacked[slot[l]] if l in slot else None for l in range(self.L)]
+        else:
+            self.recompute_weight = True
+        return gram
 
     def _recorded_bytes(self) -> int:
         """Bytes of the inputs and output gradients this module's calls hold."""
