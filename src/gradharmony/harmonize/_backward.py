@@ -23,16 +23,17 @@ from torch.autograd.graph import GradientEdge
 Chunk = tuple[int, list[int], tuple[Tensor | None, ...]]
 
 
-def _reach(root) -> set:
-    """Every node reachable from ``root`` through ``next_functions`` (``root`` included)."""
-    if root is None:
-        return set()
-    seen, stack = {root}, [root]
+def _reach(starts: list, within: set | None = None) -> set:
+    """Nodes reachable from any of ``starts`` through ``next_functions`` (``starts`` included),
+    only through nodes of ``within`` when it is given."""
+    seen = {s for s in starts if s is not None and (within is None or s in within)}
+    stack = list(seen)
     while stack:
         for child, _ in stack.pop().next_functions:
-            if child is not None and child not in seen:
-                seen.add(child)
-                stack.append(child)
+            if child is None or child in seen or (within is not None and child not in within):
+                continue
+            seen.add(child)
+            stack.append(child)
     return seen
 
 
@@ -77,7 +78,7 @@ class OutputGradients:
 
     def __init__(self, losses: list[Tensor], edges: list[GradientEdge]):
         self.losses, self.edges = losses, edges
-        reach = [_reach(loss.grad_fn) for loss in losses]
+        reach = [_reach([loss.grad_fn]) for loss in losses]
         count = Counter(node for nodes in reach for node in nodes)
         self.reached = [{l for l, nodes in enumerate(reach) if e.node in nodes} for e in edges]
         shared = {node for node, c in count.items() if c > 1}
@@ -100,7 +101,7 @@ class OutputGradients:
                 if child in useful and child in shared:
                     frontier[(child, nr)] = GradientEdge(child, nr)
         entry = {child for child, _ in frontier}
-        below = _reach_many([c for n in entry for c, _ in n.next_functions if c in useful], useful)
+        below = _reach([c for n in entry for c, _ in n.next_functions], within=useful)
         if below & entry:
             return None
         return own, mine, list(frontier.values())
@@ -168,15 +169,3 @@ def _broadcasts(nodes: set, edges: list[GradientEdge]) -> dict[int, tuple]:
                     found[i] = (name, mine, out)
                     break
     return found
-
-
-def _reach_many(starts: list, within: set) -> set:
-    """Nodes of ``within`` reachable from any of ``starts`` (``starts`` included)."""
-    seen = {s for s in starts if s in within}
-    stack = list(seen)
-    while stack:
-        for child, _ in stack.pop().next_functions:
-            if child is not None and child in within and child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return seen

@@ -248,7 +248,7 @@ class ModuleWork:
                 if delta is not None:
                     self._add("bias", l, self._group(linear_form(call, delta).sum(1)))
 
-    def _linear_weight(self) -> Tensor | None:
+    def _linear_weight(self) -> Tensor:
         G = self.G
         calls = self.calls
         a_rows = [linear_form(c) for c in calls]
