@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from gradharmony.train.runfiles import RunFileError
+
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("gradharmony.train.demo", "main",
@@ -60,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name, _ = COMMANDS[name]
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        return int(func(rest) or 0)
+    except RunFileError as err:  # a refused or missing run-directory file: one line
+        print(f"gradharmony {name}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

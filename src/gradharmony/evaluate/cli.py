@@ -179,6 +179,10 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--allow-model-factory", metavar="MODULE:FUNCTION", default=None,
+                   help="call this model factory when the run's config.yaml names it "
+                        "(model.preset); it runs that function with the run's arguments, so "
+                        "give it only for runs you trust")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -199,7 +203,7 @@ def main_eval(argv: list[str] | None = None) -> int:
                          "sound/ splits; make them with `gradharmony make-data`)")
     device = _device(args.device)
     torch.manual_seed(args.seed)
-    run = load_run(args.run, device)
+    run = load_run(args.run, device, allow_factory=args.allow_model_factory)
     path = run.dir / "eval.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update(run=str(run.dir), checkpoint=str(run.checkpoint), step=run.step,
@@ -242,6 +246,10 @@ def _score_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="score at most this many clips")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--allow-model-factory", metavar="MODULE:FUNCTION", default=None,
+                   help="call this model factory when the run's config.yaml names it "
+                        "(model.preset); it runs that function with the run's arguments, so "
+                        "give it only for runs you trust")
     p.add_argument("--examples", type=float, default=0.05,
                    help="fraction of clips kept at each end for the report's contact sheet")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -277,7 +285,7 @@ def main_score(argv: list[str] | None = None) -> int:
 
     args = _score_parser().parse_args(argv)
     device = _device(args.device)
-    run = load_run(args.run, device)
+    run = load_run(args.run, device, allow_factory=args.allow_model_factory)
     batch_size = args.batch_size or int(run.config.get("batch_size", 64))
     if batch_size < 2:
         raise ValueError(f"--batch-size must be >= 2 (in-batch negatives), got {batch_size}")

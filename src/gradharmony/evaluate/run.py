@@ -1,7 +1,8 @@
 """Loading a trained run for evaluation: its config, model weights and vocabulary.
 
-Reads the run directory the trainer writes (DESIGN.md §7): ``config.yaml``,
-``checkpoints/last.pt`` (``{"model": state_dict, "step": ...}``) and ``vocab.json``.
+Reads the run directory the trainer writes: ``config.yaml``, ``checkpoints/last.pt``
+(``{"model": state_dict, "step": ...}``, or a kept ``checkpoints/step_XXXXXXXX.pt``) and
+``vocab.json`` (a tokenizers JSON file), all as data only.
 """
 
 from __future__ import annotations
@@ -86,11 +87,20 @@ def _text_table_size(model: torch.nn.Module) -> int | None:
     return max(sizes) if sizes else None
 
 
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             checkpoint: str | int = "last", allow_factory: str | None = None) -> LoadedRun:
     """Load ``run_dir`` for evaluation; the model is put in eval mode on ``device``.
 
+    ``checkpoint`` picks ``checkpoints/last.pt`` (``"last"``), a kept step (``40``) or a file
+    name in ``checkpoints/`` (:func:`~gradharmony.train.checkpoint.find_checkpoint`). Nothing
+    of the run directory is executed: the checkpoint is read with ``weights_only=True`` and
+    ``config.yaml`` with a safe loader; a ``model.preset`` naming a function to call
+    (``"package.module:function"``) is called only when ``allow_factory`` names the same
+    function, since a shared run could otherwise name any installed callable.
+
     Raises ``ValueError``/``RuntimeError`` with the path when the run has no config, no
-    checkpoint, or a vocabulary that does not fit the model's word table.
+    checkpoint, or a vocabulary that does not fit the model's word table, and
+    :class:`~gradharmony.train.runfiles.RunFileError` (a ``ValueError``) for a refused file.
 
     Example:
         >>> load_run("/nonexistent/run")
@@ -98,7 +108,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         ...
         ValueError: run directory '/nonexistent/run' does not exist
     """
-    from omegaconf import OmegaConf
+    from gradharmony.train.checkpoint import find_checkpoint, load_checkpoint
+    from gradharmony.train.runfiles import RunFileError, read_config
 
     rdir = Path(run_dir)
     if not rdir.is_dir():
@@ -106,16 +117,19 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     cfg_path = rdir / "config.yaml"
     if not cfg_path.is_file():
         raise ValueError(f"run {str(rdir)!r} has no config.yaml: not a gradharmony run directory")
-    config = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
-    ckpt_path = rdir / "checkpoints" / "last.pt"
-    if not ckpt_path.is_file():
+    config = read_config(cfg_path)
+    preset = str(config.get("model", {}).get("preset", "tiny"))
+    if ":" in preset and preset != allow_factory:
+        raise RunFileError(f"refusing {cfg_path}: model.preset names the function {preset!r} "
+                           "to build the model; calling a function a run directory names can "
+                           f"run any code, so pass --allow-model-factory {preset} if you "
+                           "trust this run")
+    if checkpoint == "last" and not (rdir / "checkpoints" / "last.pt").is_file():
         raise RuntimeError(f"run {str(rdir)!r} has no checkpoint (checkpoints/last.pt): "
                            "train it first (gradharmony pretrain) or point --run elsewhere")
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise RuntimeError(f"cannot read checkpoint {str(ckpt_path)!r}: {err}") from err
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    ckpt_path = find_checkpoint(rdir / "checkpoints", checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    state = ckpt.get("model", ckpt)
     if not isinstance(state, dict):
         raise RuntimeError(f"checkpoint {str(ckpt_path)!r} holds no model state dict")
     model = build_model(config)
@@ -135,5 +149,5 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
             raise ValueError(f"vocabulary mismatch: {vocab_path} has {tokenizer.vocab_size} "
                              f"words but the model's text embedding has {table} rows")
     model.to(device).eval()
-    step = int(ckpt.get("step", 0)) if isinstance(ckpt, dict) else 0
+    step = int(ckpt.get("step", 0))
     return LoadedRun(rdir, config, model, tokenizer, step, ckpt_path)

@@ -11,7 +11,7 @@ import numpy as np
 
 #: config keys that do not change what is being compared (several seeds = one configuration)
 IGNORED_KEYS = ("seed", "name", "run_dir", "resume", "device", "log_every", "ckpt_every",
-                "conflicts_every", "compile", "data.num_workers")
+                "keep_every", "conflicts_every", "compile", "data.num_workers")
 
 
 @dataclass
@@ -72,24 +72,21 @@ def read_run(run_dir: str | Path) -> RunRecord:
         ...
         ValueError: '/nonexistent' is not a run directory (no config.yaml)
     """
-    from omegaconf import OmegaConf
-
     from gradharmony.train.rundir import load_conflicts
+    from gradharmony.train.runfiles import read_config, read_npz
 
     d = Path(run_dir)
     if not (d / "config.yaml").is_file():
         raise ValueError(f"{str(d)!r} is not a run directory (no config.yaml)")
-    config = OmegaConf.to_container(OmegaConf.load(d / "config.yaml"), resolve=True)
+    config = read_config(d / "config.yaml")
     ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").is_file() else {}
     rec = RunRecord(d, config, _read_jsonl(d / "metrics.jsonl"), ev,
                     load_conflicts(d) if (d / "conflicts").is_dir() else {})
     rec.scores = _read_jsonl(d / "scores.jsonl")
     if (d / "scores.examples.npz").is_file():
-        with np.load(d / "scores.examples.npz") as z:
-            rec.examples = {k: z[k] for k in z.files}
+        rec.examples = read_npz(d / "scores.examples.npz")
     if (d / "eval_embeddings.npz").is_file():
-        with np.load(d / "eval_embeddings.npz") as z:
-            rec.embeddings = {k: z[k] for k in z.files}
+        rec.embeddings = read_npz(d / "eval_embeddings.npz")
     return rec
 
 

@@ -124,6 +124,7 @@ class TrainConfig:
     device: str = "auto"
     log_every: int = 10
     ckpt_every: int = 100
+    keep_every: int = 0
     conflicts_every: int = 1
     max_nonfinite: int = 5
     resume: bool = False
@@ -245,6 +246,7 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
          "gamma0/gamma_end", "cosine thresholds must lie in [-1, 1]")
     need(cfg.log_every > 0, "log_every", "must be positive")
     need(cfg.ckpt_every > 0, "ckpt_every", "must be positive")
+    need(cfg.keep_every >= 0, "keep_every", "must be >= 0 (0 keeps only checkpoints/last.pt)")
     need(cfg.conflicts_every >= 0, "conflicts_every", "must be >= 0 (0 disables)")
     need(cfg.max_nonfinite > 0, "max_nonfinite", "must be positive")
     need(cfg.device in ("auto", "cpu", "cuda"), "device", f"expected auto, cpu or cuda, "

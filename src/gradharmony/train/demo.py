@@ -67,16 +67,20 @@ def plan(argv: list[str]) -> list[list[str]]:
 
 
 def _finished(run: Path) -> bool:
-    from gradharmony.train.checkpoint import latest_checkpoint
+    """Whether ``run`` holds a checkpoint of its last step (read as data only: a checkpoint
+    or config that would need more raises :class:`~gradharmony.train.runfiles.RunFileError`)."""
+    from gradharmony.train.checkpoint import latest_checkpoint, load_checkpoint
+    from gradharmony.train.runfiles import RunFileError, read_config
 
     path = latest_checkpoint(run / "checkpoints")
     if path is None or not (run / "config.yaml").is_file():
         return False
-    import torch
-    from omegaconf import OmegaConf
-
-    steps = OmegaConf.load(run / "config.yaml").steps
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"]) >= steps
+    steps = read_config(run / "config.yaml").get("steps")
+    step = load_checkpoint(path).get("step")
+    for name, value in (("config.yaml steps", steps), (f"{path} step", step)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RunFileError(f"{run}: {name} is {value!r}, expected an integer")
+    return step >= steps
 
 
 def main(argv: list[str] | None = None) -> int:

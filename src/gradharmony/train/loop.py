@@ -41,7 +41,7 @@ from gradharmony.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     rng_state,
-    save_atomic,
+    save_checkpoint,
     set_rng_state,
 )
 from gradharmony.train.config import ConfigError, parse_granularity, run_path, validate
@@ -270,7 +270,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
                      "rng": [r for r, _ in per_rank], "counts": dict(counts),
                      "data": {"step": step_next, "ranks": [d for _, d in per_rank]},
                      "config": OmegaConf.to_container(cfg, resolve=True)}
-            save_atomic(state, rdir / "checkpoints" / "last.pt")
+            keep = bool(cfg.keep_every) and step_next % cfg.keep_every == 0
+            save_checkpoint(state, rdir / "checkpoints", keep=keep)
 
     window: dict = {"cos": [], "kept": 0.0, "proj": 0.0, "groups": 0, "clips": 0,
                     "t0": time.perf_counter(), "loss": [], "va": [], "vt": []}
@@ -364,7 +365,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
                 window.update(cos=[], kept=0.0, proj=0.0, groups=0, clips=0, loss=[], va=[],
                               vt=[], t0=time.perf_counter())
             bar.update(1)
-            if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            if ((step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps
+                    or (cfg.keep_every and (step + 1) % cfg.keep_every == 0)):
                 save(step + 1)
     except BaseException:
         if log is not None:

@@ -104,10 +104,12 @@ def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
 
 
 def load_conflicts(run_dir: str | os.PathLike) -> dict[int, np.ndarray]:
-    """Every recorded step's per-group cosines, as ``{step: array}`` sorted by step."""
+    """Every recorded step's per-group cosines, as ``{step: array}`` sorted by step (read
+    with ``allow_pickle=False``: an archive holding pickled objects is refused)."""
+    from gradharmony.train.runfiles import read_npz
+
     out: dict[int, np.ndarray] = {}
     for f in sorted((Path(run_dir) / "conflicts").glob("cos_*.npz")):
-        with np.load(f) as z:
-            for k in z.files:
-                out[int(k[5:])] = z[k]
+        for k, v in read_npz(f).items():
+            out[int(k[5:])] = v
     return dict(sorted(out.items()))
