@@ -29,7 +29,7 @@ def _cfg(tmp_path, *extra):
 
 
 def _weights(path):
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def test_baseline_run_equals_a_hand_written_adam_loop(tmp_path):

@@ -53,6 +53,7 @@ SAFE_GLOBALS: list = [
     (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),
     np.ndarray,
     np.dtype,
+    type(np.dtype(np.uint32)),  # the Mersenne Twister keys' dtype (numpy.dtypes.UInt32DType)
 ]
 
 _SCALARS = (str, bytes, int, float, bool, type(None), torch.Size, torch.dtype, torch.device)
@@ -205,13 +206,25 @@ def find_checkpoint(directory: str | os.PathLike, which: str | int = "last") -> 
                        f"{', '.join(have) if have else 'none'}")
 
 
+def _unsafe_names(path) -> list[str]:
+    """The globals a checkpoint's pickle names beyond the allowed ones (read, not run)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # torch < 2.5, or a pickle it cannot scan
+        return []
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+               for g in SAFE_GLOBALS}
+    return sorted(set(names) - allowed)
+
+
 def _refusal(path, err: pickle.UnpicklingError) -> str:
     text = str(err)
     m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if m:
-        reason = f"loading it would call {m.group(1)}"
+    names = _unsafe_names(path) or ([m.group(1)] if m else [])
+    if names:
+        reason = f"loading it would import and call {', '.join(names)}"
     else:
-        m = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        m = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.S)
         reason = _one_line(m.group(1) if m else text)
     return (f"refusing checkpoint {path}: {reason}; checkpoints are read with "
             "torch.load(weights_only=True), which accepts only tensors, numbers, strings, "
