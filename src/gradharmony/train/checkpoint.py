@@ -44,9 +44,10 @@ import torch
 
 from gradharmony.train.runfiles import RunFileError, _one_line
 
-#: the only globals (beyond torch's weights-only defaults) a checkpoint may name, as
-#: ``(object, name in the pickle)``: numpy array reconstruction, for the numpy RNG state of
-#: checkpoints written before the plain format (numpy 1.x and 2.x spell the module apart)
+#: the only globals beyond torch's weights-only defaults that a checkpoint may name: numpy
+#: array reconstruction (the function under its numpy 2.x and 1.x names, the array, dtype and
+#: uint32 dtype classes), which checkpoints written before the plain format need for their
+#: numpy RNG state. It rebuilds arrays of numbers only: an object array needs more, refused.
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]
 SAFE_GLOBALS: list = [
     (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),
