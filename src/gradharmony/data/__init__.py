@@ -3,7 +3,8 @@
 Names are imported on first use, so ``import gradharmony.data`` stays cheap.
 
 - :func:`make_loader`, :class:`ShardSet`, :class:`ClipLoader`, :class:`SkipCounter`:
-  reading shards (mixtures, DDP x worker sharding, skip counting, resumable position)
+  reading shards (mixtures, DDP x worker sharding, skip counting, resumable position), local
+  or from URLs (``https://``, ``pipe:``, fsspec schemes: :mod:`gradharmony.data.streams`)
 - :class:`ClipSpec`, :func:`decode_clip`: PyAV decoding and clip sampling
 - :class:`TextTokenizer`: the narration vocabulary
 - :func:`gradharmony.data.collate.collate`: samples -> the batch dict of

@@ -6,7 +6,8 @@ of a :class:`~gradharmony.data.dataset.ShardSet` with the evaluation window (cen
 time) to the pre-crop frames (``uint8 [T, size, size, 3]``) and the audio (int16), and writes
 them to two memory-mapped arrays in ``CACHE_DIR/NAME-HASH/``, where the hash covers the shard
 paths, sizes and modification times, the :class:`~gradharmony.data.decode.ClipSpec` and the
-set's ``text`` flag: a changed shard or spec gives a new directory. The narration, the JSON
+set's ``text`` flag: a changed shard or spec gives a new directory (remote shards enter with
+their URLs only, so delete the directory when a remote set changes). The narration, the JSON
 metadata and ``has_audio`` of every row go to ``index.json``.
 
 Training from the cache (``make_loader(..., cache_dir=...)``) applies the same augmentation
@@ -32,21 +33,28 @@ from pathlib import Path
 import numpy as np
 
 from gradharmony.data.dataset import (
+    RETRY_REASON,
     VIDEO_EXTS,
     ShardSet,
     SkipCounter,
     TarSource,
-    iter_tar_groups,
 )
 from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, iter_tar_groups
 
 CACHE_VERSION = 1
 
 
 def cache_key(paths: list[str], spec: ClipSpec, text: bool) -> str:
-    """Hash of the shard files (path, size, mtime), the spec and the text flag."""
+    """Hash of the shard files (path, size, mtime), the spec and the text flag.
+
+    A remote shard (a URL) enters with its URL only: its size and time are unknown.
+    """
     files = []
     for p in paths:
+        if is_url(p):
+            files.append([p, -1, -1])
+            continue
         st = os.stat(p) if os.path.exists(p) else None
         files.append([os.path.abspath(p), st.st_size if st else -1,
                       int(st.st_mtime) if st else -1])
@@ -73,9 +81,11 @@ def _decode_group(args):
     return key, (frames, pcm, has_audio, text, meta)
 
 
-def _groups(source: TarSource, spec: ClipSpec, skipped: SkipCounter):
+def _groups(source: TarSource, spec: ClipSpec, skipped: SkipCounter, retries: int,
+            backoff: float):
     for path in source.paths:
-        for group in iter_tar_groups(path):
+        for group in iter_tar_groups(path, retries=retries, backoff=backoff,
+                                     on_retry=lambda _: skipped.add(RETRY_REASON)):
             if isinstance(group, SampleError):
                 skipped.add(group.reason)
                 break
@@ -88,11 +98,14 @@ def _groups(source: TarSource, spec: ClipSpec, skipped: SkipCounter):
 
 
 def build_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLike, *,
-                num_workers: int = 0, progress: bool = True) -> Path:
+                num_workers: int = 0, progress: bool = True, retries: int = DEFAULT_RETRIES,
+                retry_backoff: float = DEFAULT_BACKOFF) -> Path:
     """Decode every usable clip of ``shard_set`` into the cache (no-op when it exists).
 
-    ``num_workers > 0`` decodes in that many processes. Returns the cache directory.
-    Raises ``RuntimeError`` naming the patterns when no clip is usable.
+    ``num_workers > 0`` decodes in that many processes. Each shard is read once (a remote
+    one re-opened as :func:`~gradharmony.data.streams.iter_tar_groups` says when its stream
+    fails). Returns the cache directory. Raises ``RuntimeError`` naming the patterns when no
+    clip is usable.
 
     Example:
         >>> import tempfile
@@ -112,7 +125,7 @@ def build_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLik
     tmp.mkdir(parents=True)
     skipped = SkipCounter()
     rows: list[dict] = []
-    groups = _groups(source, spec, skipped)
+    groups = _groups(source, spec, skipped, retries, retry_backoff)
     pool = None
     if num_workers > 0:
         import multiprocessing as mp
@@ -210,7 +223,8 @@ class CacheSource:
 
 
 def open_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLike, *,
-               num_workers: int = 0, progress: bool = True) -> CacheSource:
+               num_workers: int = 0, progress: bool = True, retries: int = DEFAULT_RETRIES,
+               retry_backoff: float = DEFAULT_BACKOFF) -> CacheSource:
     """The cache of ``shard_set`` (built first when missing; under ``torch.distributed``
     rank 0 builds it while the other ranks wait).
 
@@ -226,7 +240,7 @@ def open_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLike
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
         path = build_cache(shard_set, spec, cache_dir, num_workers=num_workers,
-                           progress=progress)
+                           progress=progress, retries=retries, retry_backoff=retry_backoff)
     if distributed:
         dist.barrier()
         path = cache_path(shard_set, spec, cache_dir)

@@ -13,7 +13,8 @@ import argparse
 import json
 import sys
 
-from gradharmony.data.dataset import ShardSet, iter_tar_groups
+from gradharmony.data.dataset import ShardSet
+from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, iter_tar_groups
 
 
 def main_make_shards(argv: list[str] | None = None) -> int:
@@ -52,15 +53,22 @@ def main_make_shards(argv: list[str] | None = None) -> int:
     return 0
 
 
-def narrations(patterns: list[str], progress: bool = True):
+def narrations(patterns: list[str], progress: bool = True, skipped: dict | None = None,
+               retries: int = DEFAULT_RETRIES, retry_backoff: float = DEFAULT_BACKOFF):
     """Yield the narrations of the shards matching ``patterns``: each non-empty ``.txt`` and
-    the ``neighbors`` of each ``.json`` (so candidates from clips outside the set are known)."""
+    the ``neighbors`` of each ``.json`` (so candidates from clips outside the set are known).
+
+    Patterns may be URLs (:mod:`gradharmony.data.streams`); each shard is read once (a remote
+    one re-opened up to ``retries`` times when its stream fails). Shards that fail are
+    counted by reason into ``skipped``."""
     from tqdm import tqdm
 
+    skipped = {} if skipped is None else skipped
     for path in tqdm(ShardSet(patterns).paths(), desc="reading narrations", unit="shard",
                      disable=not progress):
-        for group in iter_tar_groups(path):
+        for group in iter_tar_groups(path, retries=retries, backoff=retry_backoff):
             if isinstance(group, Exception):
+                skipped[group.reason] = skipped.get(group.reason, 0) + 1
                 break
             _, files = group
             try:
@@ -81,7 +89,8 @@ def main_build_vocab(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="gradharmony build-vocab",
         description="Build the word-level narration vocabulary from the .txt of training shards.")
-    p.add_argument("--shards", nargs="+", required=True, help="shard paths or patterns")
+    p.add_argument("--shards", nargs="+", required=True,
+                   help="shard paths, patterns or URLs (https://..., 'pipe:CMD', s3://...)")
     p.add_argument("--out", required=True, help="vocab.json to write")
     p.add_argument("--min-freq", type=int, default=1)
     p.add_argument("--max-size", type=int, default=None)
@@ -89,16 +98,18 @@ def main_build_vocab(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from gradharmony.data.text import TextTokenizer
 
+    skipped: dict[str, int] = {}
     try:
-        texts = list(narrations(args.shards, progress=not args.quiet))
+        texts = list(narrations(args.shards, progress=not args.quiet, skipped=skipped))
     except ValueError as exc:
         print(f"gradharmony build-vocab: {exc}", file=sys.stderr)
         return 2
     if not texts:
-        print(f"gradharmony build-vocab: no narration in {args.shards}", file=sys.stderr)
+        print(f"gradharmony build-vocab: no narration in {args.shards} (shards that failed: "
+              f"{skipped or 'none'})", file=sys.stderr)
         return 1
     tok = TextTokenizer.from_texts(texts, min_freq=args.min_freq, max_size=args.max_size)
     tok.save(args.out)
     print(json.dumps({"narrations": len(texts), "vocab_size": tok.vocab_size,
-                      "out": args.out}))
+                      "out": args.out, "failed_shards": skipped}))
     return 0

@@ -24,10 +24,17 @@ so every clip is read exactly once. A set declared ``text=False`` (AudioSet-like
 ``missing_txt`` (text sets only), ``missing_json``, ``bad_json``, ``empty_text`` (a text
 set's clip whose own narration is empty: it is *skipped*, never turned into a text-free clip;
 declare the set ``text=False`` to train on such clips), ``corrupt_video``, ``too_short``,
-``bad_audio``, ``truncated_tar`` (the clips before the damage are kept), ``decode_error``
+``bad_audio``, ``truncated_tar`` (the clips before the damage are kept), ``unreadable_shard``
+(the shard does not open: missing file, HTTP error, failing ``pipe:`` command), ``decode_error``
 (any other exception while reading a clip; the first one is also shown as a warning). Each
 batch carries the counts met while it was built under ``skipped``; :class:`ClipLoader` sums
-them. A set that yields no usable clip at all is a ``RuntimeError`` naming its patterns.
+them. A set that yields no usable clip at all is a ``RuntimeError`` naming its patterns (and
+saying so when every shard failed to open or read).
+
+**Remote shards.** Patterns may be URLs (``https://``, ``pipe:CMD``, ``s3://`` via fsspec;
+:mod:`gradharmony.data.streams`): brace-expanded, never globbed, streamed. A remote stream that
+fails is re-opened (``retries``, ``retry_backoff``; each re-open counted as ``shard_retry``,
+which is not a skipped clip) and its clips are delivered once.
 
 **Resuming.** Each batch records its reader's position (per set: epoch and clips drawn from
 the shuffle buffer; number of mixture draws). :meth:`ClipLoader.state_dict` keeps the
@@ -47,11 +54,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,10 +64,21 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from gradharmony.data.collate import collate, video_to_float
 from gradharmony.data.decode import ClipSpec, SampleError, augment_frames, decode_clip_raw
+from gradharmony.data.streams import (
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    check_backend,
+    is_url,
+    iter_tar_groups,
+)
 
 #: Stable strings under which skipped samples are counted.
 SKIP_REASONS = ("missing_video", "missing_txt", "missing_json", "bad_json", "empty_text",
-                "corrupt_video", "too_short", "bad_audio", "truncated_tar", "decode_error")
+                "corrupt_video", "too_short", "bad_audio", "truncated_tar", "unreadable_shard",
+                "decode_error")
+#: Counted with the skips but not a skipped clip: a remote shard stream re-opened after a
+#: failure (its clips are delivered once). Not part of :attr:`SkipCounter.total`.
+RETRY_REASON = "shard_retry"
 VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 #: Readers split a set by shards only when it has this many shards per reader or more (the
 #: readers' shares then differ by at most 1/8); otherwise they split it clip by clip.
@@ -98,8 +114,8 @@ class SkipCounter:
 
     @property
     def total(self) -> int:
-        """Number of skipped samples over all reasons."""
-        return sum(self._counts.values())
+        """Number of skipped samples over all reasons (``shard_retry`` events excluded)."""
+        return sum(n for r, n in self._counts.items() if r != RETRY_REASON)
 
     def as_dict(self) -> dict[str, int]:
         """Counts sorted by reason, zero counts omitted."""
@@ -116,6 +132,8 @@ class ShardSet:
     Args:
         patterns: shard paths or patterns: brace ranges (``data/train-{000..009}.tar``) and
             globs (``data/*.tar``) are expanded; a pattern matching nothing is an error.
+            URLs (``https://...``, ``pipe:COMMAND``, ``s3://...`` and other fsspec schemes;
+            :mod:`gradharmony.data.streams`) are brace-expanded but not globbed, and streamed.
         weight: relative sampling weight in a mixture (> 0).
         text: False for a set without narration (AudioSet-like): ``has_text=False``.
         name: used in messages and cache directory names.
@@ -125,6 +143,8 @@ class ShardSet:
         Traceback (most recent call last):
         ...
         ValueError: ShardSet: pattern 'no/such/dir/*.tar' matches no file
+        >>> ShardSet("https://host/train-{00..02}.tar").paths()  # counted from the pattern
+        ['https://host/train-00.tar', 'https://host/train-01.tar', 'https://host/train-02.tar']
     """
 
     patterns: str | Sequence[str]
@@ -148,7 +168,8 @@ class ShardSet:
         return self.name or ",".join(self.patterns)
 
     def paths(self) -> list[str]:
-        """Sorted, de-duplicated shard paths."""
+        """Sorted, de-duplicated shard paths (and URLs, taken as written after brace
+        expansion; a URL whose scheme needs a missing package is a ``ValueError``)."""
         if self._paths is None:
             from braceexpand import braceexpand
 
@@ -156,7 +177,10 @@ class ShardSet:
             for pattern in self.patterns:
                 hits: list[str] = []
                 for p in braceexpand(pattern):
-                    if any(ch in p for ch in "*?["):
+                    if is_url(p):
+                        check_backend(p)
+                        hits.append(p)
+                    elif any(ch in p for ch in "*?["):
                         hits += [h for h in glob.glob(p) if os.path.isfile(h)]
                     elif os.path.isfile(p):
                         hits.append(p)
@@ -165,49 +189,6 @@ class ShardSet:
                 found.update(hits)
             self._paths = sorted(found)
         return list(self._paths)
-
-
-def iter_tar_groups(path: str | Path) -> Iterator[tuple[str, dict[str, bytes]] | SampleError]:
-    """Stream a tar shard as ``(key, {extension: bytes})`` groups of consecutive members.
-
-    A damaged tar yields the complete groups before the damage, then one
-    ``SampleError("truncated_tar")`` (instead of raising).
-
-    Example:
-        >>> import io, tempfile
-        >>> d = tempfile.mkdtemp(); p = os.path.join(d, "s.tar")
-        >>> with tarfile.open(p, "w") as tar:
-        ...     for name, data in [("a.txt", b"hi"), ("a.json", b"{}"), ("b.txt", b"yo")]:
-        ...         info = tarfile.TarInfo(name); info.size = len(data)
-        ...         tar.addfile(info, io.BytesIO(data))
-        >>> [(k, sorted(f)) for k, f in iter_tar_groups(p)]
-        [('a', ['json', 'txt']), ('b', ['txt'])]
-    """
-    key, files = None, {}
-    try:
-        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                dirname, base = os.path.split(member.name)
-                if "." not in base:
-                    continue
-                stem, ext = base.split(".", 1)
-                k = os.path.join(dirname, stem) if dirname else stem
-                f = tar.extractfile(member)
-                data = f.read() if f is not None else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError(f"member {member.name} is cut short")
-                if k != key:
-                    if key is not None:
-                        yield key, files
-                    key, files = k, {}
-                files[ext.lower()] = data
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        yield SampleError("truncated_tar", f"{path}: {exc}")
-        return
-    if key is not None:
-        yield key, files
 
 
 @dataclass
@@ -231,8 +212,10 @@ class _Reader:
         self.epoch = ds.epoch
         self.emitted = 0
         self.good_this_epoch = 0
-        self.dead = False
+        self.dead: bool | str = False  # a string says why: every shard failed to be read
         self.quiet = False
+        self.warned = False
+        self.failure: str | None = None  # set when no shard of the epoch could be read
         self._it: Iterator[_Item] | None = None
 
     def _count(self, reason: str) -> None:
@@ -248,14 +231,18 @@ class _Reader:
             return
         per_shard = len(paths) >= SHARDS_PER_READER * n
         mine = paths[g::n] if per_shard else paths
-        index = 0
+        index, read_any, first_error = 0, False, None
         for pos, path in enumerate(mine):
             owner_of_shard = per_shard or pos % n == g
-            for group in iter_tar_groups(path):
+            for group in iter_tar_groups(path, retries=ds.retries, backoff=ds.retry_backoff,
+                                         on_retry=self._retried):
                 if isinstance(group, SampleError):
+                    first_error = first_error or str(group)
                     if owner_of_shard:
                         self._count(group.reason)
+                        self._warn_remote(path, group)
                     break
+                read_any = True
                 if not per_shard:
                     index += 1
                     if (index - 1) % n != g:
@@ -266,6 +253,18 @@ class _Reader:
                     self._count(reason)
                     continue
                 yield key, files
+        if not read_any and first_error:
+            self.failure = f"every shard failed to open or read (e.g. {first_error})"
+
+    def _retried(self, message: str) -> None:
+        self._count(RETRY_REASON)
+
+    def _warn_remote(self, path: str, error: SampleError) -> None:
+        if is_url(path) and not self.quiet and not self.warned:
+            self.warned = True
+            warnings.warn(f"shard set {self.ds.sets[self.s].label}: {error} (after "
+                          f"{self.ds.retries} retries; the run goes on, further failed shards "
+                          f"of this set are counted without warning)", stacklevel=1)
 
     def _epoch_items(self, epoch: int) -> Iterator[_Item]:
         ds = self.ds
@@ -279,6 +278,7 @@ class _Reader:
     def start(self, epoch: int, emitted: int) -> None:
         """Position the reader at ``emitted`` clips into ``epoch`` (no decoding, no counting)."""
         self.epoch, self.emitted, self.good_this_epoch = epoch, 0, 0
+        self.failure = None
         self._it = self._epoch_items(epoch)
         if emitted:
             self.quiet = True
@@ -299,7 +299,7 @@ class _Reader:
                 self.emitted += 1
                 return item
             if self.good_this_epoch == 0 or not self.ds.infinite:
-                self.dead = True
+                self.dead = (self.good_this_epoch == 0 and self.failure) or True
                 return None
             self.start(self.epoch + 1, 0)
 
@@ -384,7 +384,8 @@ class TriModalDataset(IterableDataset):
                  batch_size: int, k: int = 4, text_length: int = 16, train: bool = True,
                  seed: int = 0, epoch: int = 0, infinite: bool = True, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 64, drop_last: bool = False,
-                 sources: Sequence | None = None) -> None:
+                 sources: Sequence | None = None, retries: int = DEFAULT_RETRIES,
+                 retry_backoff: float = DEFAULT_BACKOFF) -> None:
         super().__init__()
         if not sets:
             raise ValueError("TriModalDataset: no shard set given")
@@ -395,6 +396,9 @@ class TriModalDataset(IterableDataset):
                              f"text_length={text_length}")
         if not 0 <= rank < world_size:
             raise ValueError(f"TriModalDataset: rank {rank} outside world_size {world_size}")
+        if retries < 0 or not retry_backoff >= 0:
+            raise ValueError(f"TriModalDataset: retries and retry_backoff must be >= 0, got "
+                             f"retries={retries}, retry_backoff={retry_backoff}")
         if tokenizer is None and any(s.text for s in sets):
             raise ValueError("TriModalDataset: a tokenizer is needed for sets with narration "
                              f"({[s.label for s in sets if s.text]})")
@@ -405,6 +409,7 @@ class TriModalDataset(IterableDataset):
         self.train, self.seed, self.epoch, self.infinite = train, seed, epoch, infinite
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.drop_last = shuffle_buffer, drop_last
+        self.retries, self.retry_backoff = int(retries), float(retry_backoff)
         self.resume: dict[int, dict] = {}
         self.rotation = 0
         self.video_uint8 = False  # set by ClipLoader when workers pass batches to it
@@ -491,7 +496,7 @@ class TriModalDataset(IterableDataset):
                 samples, counter = [], _reset(counter)
         if samples and not self.drop_last:
             yield self._batch(samples, counter, readers, draws, logical)
-        elif counter.total:  # report the last skips: the loader counts them, yields nothing
+        elif counter.as_dict():  # report the last skips: the loader counts them, yields nothing
             yield {"skipped": counter.as_dict(), "_reader": logical, "_empty": True,
                    "_position": {"draws": draws,
                                  "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}}
@@ -608,23 +613,34 @@ class ClipLoader:
                 if self.pin_memory:
                     batch["video"] = batch["video"].pin_memory()
             self.batches += 1
-            if ds.infinite:
-                self._check_dead_sets(workers)
+            self._check_dead_sets(workers, failed_only=not ds.infinite)
             yield batch
+        self._check_dead_sets(workers, failed_only=True)
         if ds.infinite or self.batches == 0:
             labels = "; ".join(s.label for s in ds.sets)
             raise RuntimeError(f"shard set(s) {labels} yielded no usable clip "
-                               f"(skipped: {self.skipped.as_dict() or 'nothing'})")
+                               f"(skipped: {self.skipped.as_dict() or 'nothing'})"
+                               f"{self._failure(range(len(ds.sets)))}")
         self.set_epoch(ds.epoch + 1)
 
-    def _check_dead_sets(self, workers: int) -> None:
+    def _check_dead_sets(self, workers: int, failed_only: bool) -> None:
+        """Raise when every reader of a set is dead (``failed_only``: because none of the
+        shards it was given could be read, which epoch mode also reports)."""
         if len(self._positions) < workers:
             return
         for s, shard_set in enumerate(self.dataset.sets):
-            if all(p["sets"][s][2] for p in self._positions.values()):
+            dead = [p["sets"][s][2] for p in self._positions.values()]
+            if all(isinstance(d, str) if failed_only else d for d in dead):
                 raise RuntimeError(f"shard set {shard_set.label} yielded no usable clip on "
                                    f"rank {self.dataset.rank} (skipped so far: "
-                                   f"{self.skipped.as_dict() or 'nothing'})")
+                                   f"{self.skipped.as_dict() or 'nothing'})"
+                                   f"{self._failure([s])}")
+
+    def _failure(self, sets) -> str:
+        """``": every shard failed ..."`` when a reader of one of ``sets`` could read none."""
+        notes = sorted({p["sets"][s][2] for p in self._positions.values() for s in sets
+                        if isinstance(p["sets"][s][2], str)})
+        return f": {notes[0]}" if notes else ""
 
     def __len__(self) -> int:  # pragma: no cover - iterable length is unknown
         raise TypeError("ClipLoader has no length: clips are streamed")
@@ -645,7 +661,9 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
                 world_size: int | None = None, num_workers: int = 0,
                 shuffle_buffer: int = 64, drop_last: bool = False,
                 cache_dir: str | os.PathLike | None = None,
-                pin_memory: bool = False, mp_context: str | None = None) -> ClipLoader:
+                pin_memory: bool = False, mp_context: str | None = None,
+                retries: int = DEFAULT_RETRIES,
+                retry_backoff: float = DEFAULT_BACKOFF) -> ClipLoader:
     """A :class:`ClipLoader` over one shard set or a weighted mixture of them.
 
     Args:
@@ -670,6 +688,9 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         mp_context: start method of the workers (default: the platform's, ``fork`` on
             Linux; ``"forkserver"`` or ``"spawn"`` if a library in the main process does not
             survive a fork).
+        retries, retry_backoff: a remote shard (URL) whose stream fails is re-opened up to
+            ``retries`` times, after ``retry_backoff * 2**attempt`` seconds (counted as
+            ``shard_retry``); then it is skipped (``unreadable_shard`` or ``truncated_tar``).
 
     Example:
         >>> make_loader("no/such/*.tar", batch_size=2)
@@ -693,7 +714,8 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
     if cache_dir is not None:
         from gradharmony.data.cache import open_cache
 
-        sources = [open_cache(s, spec, cache_dir) for s in sets]
+        sources = [open_cache(s, spec, cache_dir, retries=retries,
+                              retry_backoff=retry_backoff) for s in sets]
     else:
         for s in sets:
             s.paths()
@@ -704,7 +726,7 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         sets, spec, tokenizer, batch_size=batch_size, k=k, text_length=text_length,
         train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
         rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
-        sources=sources)
+        sources=sources, retries=retries, retry_backoff=retry_backoff)
     loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
                         mp_context=mp_context)
     loader.skipped = skipped

@@ -54,7 +54,8 @@ class DataConfig:
     the run directory. ``vocab_size`` is used by ``kind=random`` only. Clips: ``frames`` at
     ``fps``, resized to ``size`` and cropped to ``crop`` pixels, ``clip_seconds`` of audio at
     ``audio_rate``; ``candidates`` narrations of ``text_len`` tokens. ``cache_dir`` trains from
-    the decoded-clip cache (built there on first use).
+    the decoded-clip cache (built there on first use). A remote shard (URL) whose stream fails
+    is re-opened up to ``retries`` times after ``retry_backoff * 2**attempt`` seconds.
     """
 
     kind: str = "shards"
@@ -64,6 +65,8 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     shuffle_buffer: int = 64
+    retries: int = 3
+    retry_backoff: float = 2.0
     frames: int = 16
     fps: float = 8.0
     size: int = 72
@@ -199,7 +202,14 @@ def parse_granularity(value: str) -> str | int:
 
 
 def _expand(pattern: str) -> list[str]:
-    """Shard files of a pattern: a directory (its ``*.tar``), a glob, or ``{a..b}`` braces."""
+    """Shard files of a pattern: a directory (its ``*.tar``), a glob, or ``{a..b}`` braces
+    (a URL is brace-expanded only: a remote set cannot be listed)."""
+    from gradharmony.data.streams import is_url
+
+    if is_url(pattern):
+        from gradharmony.data.dataset import ShardSet
+
+        return ShardSet(pattern).paths()
     if os.path.isdir(pattern):
         return sorted(glob.glob(os.path.join(pattern, "*.tar")))
     try:
@@ -259,6 +269,8 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     need(d.kind in DATA_KINDS, "data.kind", f"expected one of {DATA_KINDS}, got {d.kind!r}")
     need(d.candidates >= 1, "data.candidates", "must be >= 1")
     need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(d.retries >= 0 and d.retry_backoff >= 0, "data.retries/data.retry_backoff",
+         f"must be >= 0, got {d.retries} and {d.retry_backoff}")
     need(0 < d.crop <= d.size, "data.crop", f"must lie in [1, data.size={d.size}]")
     if d.kind == "shards":
         need(len(d.mixture) > 0, "data.mixture", "no shard set given (data.mixture is empty)")
@@ -266,8 +278,11 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
             key = f"data.mixture[{i}]"
             need(not OmegaConf.is_missing(src, "shards"), f"{key}.shards", "missing")
             need(src.weight > 0, f"{key}.weight", f"must be positive, got {src.weight}")
-            need(len(_expand(src.shards)) > 0, f"{key}.shards",
-                 f"no shard files match {src.shards!r}")
+            try:
+                found = _expand(src.shards)
+            except ValueError as err:  # a URL whose scheme needs a missing package
+                raise ConfigError(f"{key}.shards: {err}") from None
+            need(len(found) > 0, f"{key}.shards", f"no shard files match {src.shards!r}")
         if d.vocab is not None:
             need(Path(d.vocab).is_file(), "data.vocab", f"file {d.vocab!r} does not exist")
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 
 def shard_pattern(shards: str) -> str:
-    """A directory means its ``*.tar`` files; anything else is a glob or brace pattern.
+    """A directory means its ``*.tar`` files; anything else is a glob or brace pattern, or
+    a URL (``https://``, ``pipe:``, ``s3://``, ...; brace-expanded, never globbed).
 
     Example:
         >>> shard_pattern("/tmp"), shard_pattern("a/train-{0..3}.tar")
@@ -41,12 +42,14 @@ def clip_spec(cfg: DictConfig):
                     audio_rate=d.audio_rate, seconds=d.clip_seconds)
 
 
-def narrations(patterns: list[str]) -> Iterator[str]:
-    """Every narration of the shards (``KEY.txt`` and the ``neighbors`` of ``KEY.json``)."""
+def narrations(patterns: list[str], retries: int = 0, retry_backoff: float = 0.0
+               ) -> Iterator[str]:
+    """Every narration of the shards (``KEY.txt`` and the ``neighbors`` of ``KEY.json``);
+    a remote shard whose stream fails is re-opened up to ``retries`` times."""
     from gradharmony.data import ShardSet, iter_tar_groups
 
     for path in ShardSet(patterns).paths():
-        for group in iter_tar_groups(path):
+        for group in iter_tar_groups(path, retries=retries, backoff=retry_backoff):
             if not isinstance(group, tuple):
                 continue
             files = group[1]
@@ -67,7 +70,9 @@ def build_vocab(cfg: DictConfig, out: str | Path) -> Path:
     from gradharmony.data import TextTokenizer
 
     patterns = [shard_pattern(s.shards) for s in cfg.data.mixture if s.has_text]
-    tok = TextTokenizer.from_texts(narrations(patterns) if patterns else [""])
+    d = cfg.data
+    tok = TextTokenizer.from_texts(narrations(patterns, d.retries, d.retry_backoff)
+                                   if patterns else [""])
     tok.save(out)
     return Path(out)
 
@@ -91,7 +96,7 @@ class ShardBatches:
             batch_size=cfg.batch_size // world_size, k=d.candidates, text_length=d.text_len,
             train=True, seed=cfg.seed, rank=rank, world_size=world_size,
             num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
-            cache_dir=d.cache_dir)
+            cache_dir=d.cache_dir, retries=d.retries, retry_backoff=d.retry_backoff)
         self._skipped: Counter = Counter()
 
     def stream(self, start_step: int) -> Iterator[dict]:
