@@ -101,11 +101,11 @@ def main_build_vocab(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from gradharmony.data.text import TextTokenizer
 
+    writable_path("--out", args.out, "file")
     try:
-        writable_path("--out", args.out, "file")
         texts = list(narrations(args.shards, progress=not args.quiet))
     except ValueError as exc:
-        print(f"gradharmony build-vocab: {exc}", file=sys.stderr)
+        print(f"gradharmony build-vocab: --shards: {exc}", file=sys.stderr)
         return 2
     if not texts:
         print(f"gradharmony build-vocab: no narration in {args.shards}", file=sys.stderr)
