@@ -45,6 +45,11 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "captions.csv").write_text("path,start,end,text\nv.mp4,0,1,hi\n")
     (tmp_path / "videos").mkdir()
     (tmp_path / "shards.tar").write_bytes(b"")
+    (tmp_path / "bad.yaml").write_text("steps: [\n")
+    (tmp_path / "badrun").mkdir()
+    (tmp_path / "badrun" / "config.yaml").write_text("steps: [\n")
+    (tmp_path / "badrun" / "checkpoints").mkdir()
+    (tmp_path / "badrun" / "checkpoints" / "last.pt").write_bytes(b"x")
     return tmp_path
 
 
@@ -71,6 +76,7 @@ CASES = {
         (["data.kind=random", "steps=ten"], ["config error", "steps"]),  # malformed value
         (["run_dir=.", "data.kind=random", "method=gradvak"], ["method", "gradvak"]),
         (["data.mixture=[{shards: missing/*.tar}]"], ["data.mixture[0].shards", "missing"]),
+        (["--config", "bad.yaml"], ["--config", "bad.yaml", "not valid YAML", "line 2"]),
         (["--config", DEMO_CONFIG, "--bogus"], ["unrecognized arguments: --bogus"]),
         ([], ["--config"]),  # nothing to train
     ],
@@ -81,6 +87,7 @@ CASES = {
         (["--run", "fakerun", "--data", "afile"], ["--data", "not a folder"]),
         (["--run", "fakerun", "--data", "videos"], ["--data", "no retrieval/ split"]),
         (["--run", "fakerun", "--data", "splits"], ["--run", "cannot read checkpoint"]),
+        (["--run", "badrun", "--data", "splits"], ["--run", "badrun/config.yaml"]),
         (["--run", "fakerun", "--data", "splits", "--windows", "0"], ["--windows", ">= 1"]),
         (["--run", "fakerun", "--data", "splits", "--tasks", "retreival"],
          ["--tasks", "retreival"]),

@@ -52,10 +52,12 @@ def _check_run(path: str) -> None:
 def _load_run(path: str, device: torch.device):
     """The run of ``--run``; its problems (a checkpoint that is unreadable, refused or does
     not fit the model, a vocabulary too large) are input errors naming the option."""
+    import yaml
+
     from gradharmony.evaluate.run import load_run
 
     _check_run(path)
-    with input_errors("--run: ", (ValueError, RuntimeError, OSError)):
+    with input_errors("--run: ", (ValueError, RuntimeError, OSError, yaml.YAMLError)):
         return load_run(path, device)
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import sys
 
+import yaml
 from omegaconf import OmegaConf
 
 from gradharmony.cli import Parser
+from gradharmony.errors import one_line
 from gradharmony.train.config import ConfigError, load_config
 
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"gradharmony pretrain: config error: {err}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as err:
+        print(f"gradharmony pretrain: config error: --config {args.config!r} is not valid YAML: "
+              f"{one_line(err)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")
