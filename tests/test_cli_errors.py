@@ -50,6 +50,9 @@ def ws(tmp_path, monkeypatch):
     (tmp_path / "badrun" / "config.yaml").write_text("steps: [\n")
     (tmp_path / "badrun" / "checkpoints").mkdir()
     (tmp_path / "badrun" / "checkpoints" / "last.pt").write_bytes(b"x")
+    (tmp_path / "badeval").mkdir()
+    (tmp_path / "badeval" / "config.yaml").write_text("steps: 1\n")
+    (tmp_path / "badeval" / "eval.json").write_text("{not json")
     return tmp_path
 
 
@@ -111,6 +114,8 @@ CASES = {
         (["runs/nope"], ["runs/nope", "no such folder"]),
         (["videos"], ["videos", "no config.yaml"]),
         (["fakerun", "--out", "afile"], ["--out", "is a file"]),
+        (["badrun"], ["badrun", "config.yaml", "line 2"]),
+        (["badeval"], ["badeval", "Expecting value"]),  # eval.json is not JSON
         (["fakerun", "--seed", "x"], ["--seed", "invalid int value"]),
         (["fakerun", "--bogus"], ["unrecognized arguments: --bogus"]),
         ([], ["runs"]),

@@ -14,7 +14,8 @@ error too (to see where a message came from).
 
 Exit status: 0 success; 1 a bug (with traceback) or a run that could not finish (``pretrain``
 stopped on repeated non-finite losses, ``make-shards``/``build-vocab`` found nothing to
-write); 2 a usage or input error (one line, nothing written).
+write); 2 a usage or input error (one line; options, values and paths are checked before
+anything is written).
 
 Example:
     >>> from gradharmony.cli import COMMANDS

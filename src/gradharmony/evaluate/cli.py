@@ -269,8 +269,7 @@ def _print_eval(result: dict) -> None:
 
 
 def _score_parser() -> Parser:
-    p = Parser(prog="gradharmony score",
-                                description="per-triplet alignment scores of a data set")
+    p = Parser(prog="gradharmony score", description="per-triplet alignment scores of a data set")
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--data", required=True, help="shards: a folder, a glob or a .tar")
     p.add_argument("--out", default=None, help="output .jsonl (default: RUN/scores.jsonl)")
