@@ -115,7 +115,7 @@ CASES = {
         (["videos"], ["videos", "no config.yaml"]),
         (["fakerun", "--out", "afile"], ["--out", "is a file"]),
         (["badrun"], ["badrun", "config.yaml", "line 2"]),
-        (["badeval"], ["badeval", "Expecting value"]),  # eval.json is not JSON
+        (["badeval"], ["badeval", "line 1 column 2"]),  # eval.json is not JSON
         (["fakerun", "--seed", "x"], ["--seed", "invalid int value"]),
         (["fakerun", "--bogus"], ["unrecognized arguments: --bogus"]),
         ([], ["runs"]),
