@@ -149,6 +149,7 @@ def test_bad_runs_are_clear_errors(tiny, tmp_path):
                    "--quiet"])
     one = tmp_path / "one"
     _write_split(one, "action", [1, 1, 1], np.random.default_rng(0))
+    _write_split(one, "sound", [1, 1, 1], np.random.default_rng(0))
     with pytest.raises(ValueError, match="single class"):
         main_eval(["--run", str(tiny / "run"), "--data", str(one), "--tasks", "probe",
                    "--quiet"])

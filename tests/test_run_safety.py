@@ -50,6 +50,16 @@ def _run_dir(root, marker, preset="tiny"):
     return run
 
 
+def _data(root):
+    """A --data folder that passes the up-front checks (splits exist, one shard): the run
+    directory is what gets refused."""
+    data = root / "data"
+    for split in ("retrieval", "action", "sound"):
+        (data / split).mkdir(parents=True, exist_ok=True)
+    (data / "retrieval" / "000000.tar").write_bytes(b"")
+    return data
+
+
 def _refused(capsys, rc, command, *words):
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
@@ -85,7 +95,7 @@ def _evil_yaml(marker):
 def test_eval_and_score_refuse_a_malicious_checkpoint(tmp_path, capsys, command):
     marker = tmp_path / "pwned"
     run = _run_dir(tmp_path, marker)
-    rc = gradharmony([command, "--run", str(run), "--data", str(tmp_path), "--quiet"])
+    rc = gradharmony([command, "--run", str(run), "--data", str(_data(tmp_path)), "--quiet"])
     _refused(capsys, rc, command, "refusing checkpoint", str(run / "checkpoints" / "last.pt"),
              "pathlib")
     assert not marker.exists()
@@ -95,17 +105,17 @@ def test_eval_refuses_a_config_with_python_tags(tmp_path, capsys):
     marker = tmp_path / "pwned"
     run = _run_dir(tmp_path, tmp_path / "unused")
     (run / "config.yaml").write_text(_evil_yaml(marker))
-    rc = gradharmony(["eval", "--run", str(run), "--data", str(tmp_path), "--quiet"])
+    rc = gradharmony(["eval", "--run", str(run), "--data", str(_data(tmp_path)), "--quiet"])
     _refused(capsys, rc, "eval", "cannot read", "config.yaml")
     assert not marker.exists()
 
 
 def test_a_model_factory_named_by_a_run_is_called_only_when_allowed(tmp_path, capsys):
     run = _run_dir(tmp_path, tmp_path / "unused", preset="torch.hub:load")
-    rc = gradharmony(["eval", "--run", str(run), "--data", str(tmp_path), "--quiet"])
+    rc = gradharmony(["eval", "--run", str(run), "--data", str(_data(tmp_path)), "--quiet"])
     _refused(capsys, rc, "eval", "model.preset", "'torch.hub:load'", "--allow-model-factory")
     # allowed, it gets as far as the checkpoint, which is then refused
-    rc = gradharmony(["eval", "--run", str(run), "--data", str(tmp_path), "--quiet",
+    rc = gradharmony(["eval", "--run", str(run), "--data", str(_data(tmp_path)), "--quiet",
                       "--allow-model-factory", "torch.hub:load"])
     _refused(capsys, rc, "eval", "refusing checkpoint")
 

@@ -30,11 +30,13 @@ def test_a_finished_run_is_recognised(tmp_path):
 
 
 def test_a_failing_stage_stops_the_demo(tmp_path, capsys):
-    # no data and a generator asked for an impossible size: stage 1 fails, nothing else runs
-    rc = main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"), "--clips", "-1",
-               "--quiet"])
+    # a data folder that claims to be generated but holds no training shards: stage 2
+    # (the vocabulary) fails, nothing after it runs
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "info.json").write_text("{}")
+    rc = main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"), "--quiet"])
     assert rc != 0
-    assert "synthetic data" in capsys.readouterr().err
+    assert "stage 'vocabulary' failed" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -18,11 +18,12 @@ import torch
 from gradharmony.balance.data import load_av_features
 from gradharmony.balance.fusion import FUSIONS
 from gradharmony.balance.trainer import METHODS, OPTIMIZERS, AVConfig, prepare_splits, train_av
+from gradharmony.cli import Parser, at_least, writable_path
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``train-av``."""
-    p = argparse.ArgumentParser(prog="gradharmony train-av", description=__doc__.splitlines()[0])
+    p = Parser(prog="gradharmony train-av", description=__doc__.splitlines()[0])
     p.add_argument("--method", choices=METHODS, default="joint")
     p.add_argument("--fusion", choices=FUSIONS, default="concat")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
@@ -45,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mdrop-target", default="random", help="audio, visual or random")
     p.add_argument("--gblend-super-epoch", type=int, default=2)
     p.add_argument("--gblend-holdout", type=float, default=0.2)
-    p.add_argument("--n-train", type=int, default=3000)
-    p.add_argument("--n-test", type=int, default=1500)
+    p.add_argument("--n-train", type=at_least(1), default=3000)
+    p.add_argument("--n-test", type=at_least(1), default=1500)
     p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=16, help="video frames per clip (8 fps)")
-    p.add_argument("--size", type=int, default=32, help="frame height and width")
+    p.add_argument("--frames", type=at_least(1), default=16,
+                   help="video frames per clip (8 fps)")
+    p.add_argument("--size", type=at_least(1), default=32, help="frame height and width")
     p.add_argument("--cache-dir", default="runs/train-av-cache",
                    help="where extracted features are cached ('' to disable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except ValueError as err:
         build_parser().error(str(err))
+    for option, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if path:
+            writable_path(option, path, "folder")
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
     data = load_av_features(args.n_train, args.n_test, seed=args.data_seed,

@@ -8,23 +8,24 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from gradharmony.cli import Parser, at_least, writable_path
 from gradharmony.data.synthetic.plan import PRESETS, ClipSize, noise_config
 
 KINDS = ("synthetic",)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> Parser:
+    p = Parser(
         prog="gradharmony make-data synthetic",
         description="Generate the synthetic tri-modal benchmark (rendered videos with sound and "
                     "narrations, ground-truth misalignment, clean evaluation splits) as "
                     "WebDataset shards. See docs/synthetic.md.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (same seed = same bytes)")
-    p.add_argument("--clips", type=int, default=3200, help="training clips (default 3200)")
+    p.add_argument("--clips", type=at_least(1), default=3200,
+                   help="training clips (default 3200)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="howto",
                    help="training-set misalignment preset: clean 0/0, howto ~50%% text noise, "
                         "wild more text and audio noise (default howto)")
@@ -55,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gradharmony make-data``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(f"gradharmony make-data: missing the kind of data; expected one of {KINDS} "
+              "(see `gradharmony make-data --help`)", file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(f"usage: gradharmony make-data {{{','.join(KINDS)}}} [options]\n\n"
               "kinds:\n  synthetic  the synthetic tri-modal benchmark "
               "(`gradharmony make-data synthetic --help`)")
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from gradharmony.data.synthetic.generate import generate
 
     try:
+        writable_path("--out", args.out, "folder")
         noise = noise_config(args.preset, text_noise=args.text_noise,
                              audio_noise=args.audio_noise, shift_fraction=args.shift_fraction,
                              music_fraction=args.music_fraction)

@@ -7,7 +7,6 @@ video/text embeddings, for the report's t-SNE). ``score`` writes per-clip alignm
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gradharmony.cli import Parser, at_least, existing_dir, positive_float, require, writable_path
+from gradharmony.errors import InputError, input_errors
 from gradharmony.evaluate.clips import ClipSet, iter_clipsets, load_clips, shard_files
 from gradharmony.evaluate.probe import stratified_split
 from gradharmony.evaluate.retrieval import TIE_RULE, bidirectional_retrieval
@@ -29,7 +30,40 @@ DEFAULT_DATA = "data/synthetic"
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    require(name == "cpu" or name.split(":")[0] == "cuda",
+            f"--device {name!r}: expected cpu, cuda, cuda:N or auto")
+    with input_errors(f"--device {name!r}: ", (RuntimeError,)):
+        device = torch.device(name)
+    require(device.type == "cpu" or torch.cuda.is_available(),
+            f"--device {name!r}: no CUDA GPU on this machine (expected cpu or auto)")
+    return device
+
+
+def _check_run(path: str) -> None:
+    """Cheap checks of ``--run`` (before the data): a folder with config.yaml and a
+    checkpoint."""
+    d = existing_dir("--run", path, "a run directory written by `gradharmony pretrain`")
+    require((d / "config.yaml").is_file(), f"--run {path!r}: no config.yaml (expected a run "
+            "directory written by `gradharmony pretrain`)")
+    require((d / "checkpoints" / "last.pt").is_file(), f"--run {path!r}: no checkpoint "
+            "(checkpoints/last.pt); train it first (gradharmony pretrain)")
+
+
+def _load_run(path: str, device: torch.device, allow_factory: str | None = None):
+    """The run of ``--run``; its problems (a checkpoint that is unreadable, refused or does
+    not fit the model, a vocabulary too large) are input errors naming the option."""
+    import yaml
+
+    from gradharmony.evaluate.run import load_run
+
+    _check_run(path)
+    try:
+        with input_errors("--run: ", (ValueError, RuntimeError, OSError, yaml.YAMLError)):
+            return load_run(path, device, allow_factory=allow_factory)
+    except InputError as err:  # a refused run file (RunFileError) names the file, not --run
+        if str(err).startswith("--run: "):
+            raise
+        raise InputError(f"--run: {err}") from err
 
 
 def _subset(clips: ClipSet, idx: np.ndarray) -> ClipSet:
@@ -69,9 +103,9 @@ def split_parts(root: str | os.PathLike) -> tuple[str | None, str | None]:
 
 def _check_classes(root, labels: np.ndarray) -> None:
     if (labels < 0).any():
-        raise ValueError(f"split {str(root)!r} has clips without a label (label -1)")
+        raise InputError(f"split {str(root)!r} has clips without a label (label -1)")
     if np.unique(labels).size < 2:
-        raise ValueError(f"split {str(root)!r} has a single class "
+        raise InputError(f"split {str(root)!r} has a single class "
                          f"({np.unique(labels).tolist()}): classification needs two")
 
 
@@ -95,12 +129,13 @@ def _retrieval(run, args, device) -> tuple[dict, dict]:
 
     path = Path(args.data) / "retrieval"
     part = _find_part(path, ("test",)) if path.is_dir() else None
-    f = encode_split(run.model, part or path, run.spec, args.windows, run.tokenizer,
-                     run.text_len, args.batch_size, device, ("video", "text"), args.limit,
-                     not args.quiet)
+    with input_errors():  # reading the user's split
+        f = encode_split(run.model, part or path, run.spec, args.windows, run.tokenizer,
+                         run.text_len, args.batch_size, device, ("video", "text"), args.limit,
+                         not args.quiet)
     n = len(f["keys"])
     if n < 2:
-        raise ValueError(f"the retrieval split {str(path)!r} has {n} clip: "
+        raise InputError(f"the retrieval split {str(path)!r} has {n} clip: "
                          "retrieval needs at least two")
     res = bidirectional_retrieval(torch.from_numpy(f["video_vt"]),
                                   torch.from_numpy(f["text_vt"]))
@@ -123,8 +158,10 @@ def _probe(run, args, device) -> dict:
         key = f"{modality}_feat"
 
         def enc(path, root=root, key=key, modality=modality):
-            f = encode_split(run.model, path, run.spec, args.windows, None, run.text_len,
-                             args.batch_size, device, (modality,), args.limit, not args.quiet)
+            with input_errors():  # reading the user's split
+                f = encode_split(run.model, path, run.spec, args.windows, None, run.text_len,
+                                 args.batch_size, device, (modality,), args.limit,
+                                 not args.quiet)
             _check_classes(path, f["labels"])
             return f[key], f["labels"]
 
@@ -152,8 +189,10 @@ def _finetune(run, args, device) -> dict:
 
     out = {}
     for name, (folder, modality) in CLASS_SPLITS.items():
-        train, test, how = load_train_test(Path(args.data) / folder, run.spec, args.windows,
-                                           args.limit, 0.3, args.seed, not args.quiet)
+        with input_errors():  # reading the user's split
+            train, test, how = load_train_test(Path(args.data) / folder, run.spec,
+                                               args.windows, args.limit, 0.3, args.seed,
+                                               not args.quiet)
         res = finetune(run.model, train, test, modality, epochs=args.finetune_epochs,
                        batch_size=args.finetune_batch_size, lr=args.finetune_lr, seed=args.seed,
                        device=device, progress=not args.quiet)
@@ -162,21 +201,22 @@ def _finetune(run, args, device) -> dict:
     return out
 
 
-def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradharmony eval", description=__doc__.splitlines()[0])
+def _eval_parser() -> Parser:
+    p = Parser(prog="gradharmony eval", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
     p.add_argument("--data", default=DEFAULT_DATA,
                    help="folder with the retrieval/, action/ and sound/ splits "
                         f"(default: {DEFAULT_DATA}, the synthetic clean splits)")
-    p.add_argument("--windows", type=int, default=2,
+    p.add_argument("--windows", type=at_least(1), default=2,
                    help="temporal windows per clip whose embeddings are averaged")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=None, help="at most this many clips per part")
-    p.add_argument("--finetune-epochs", type=int, default=10)
-    p.add_argument("--finetune-lr", type=float, default=3e-4,
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--limit", type=at_least(1), default=None,
+                   help="at most this many clips per part")
+    p.add_argument("--finetune-epochs", type=at_least(1), default=10)
+    p.add_argument("--finetune-lr", type=positive_float, default=3e-4,
                    help="backbone learning rate (the head gets 10x)")
-    p.add_argument("--finetune-batch-size", type=int, default=16)
+    p.add_argument("--finetune-batch-size", type=at_least(1), default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--allow-model-factory", metavar="MODULE:FUNCTION", default=None,
@@ -188,22 +228,24 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 
 def main_eval(argv: list[str] | None = None) -> int:
-    """Entry point of ``gradharmony eval``."""
-    from gradharmony.evaluate.run import load_run
-
+    """Entry point of ``gradharmony eval``; the arguments, the data folder's splits and the
+    run are checked before anything is computed or written."""
     args = _eval_parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in TASKS]
-    if bad or not tasks:
-        raise ValueError(f"--tasks: unknown {bad or 'empty list'}; choose from {', '.join(TASKS)}")
-    if args.windows < 1:
-        raise ValueError(f"--windows must be >= 1, got {args.windows}")
-    if not Path(args.data).is_dir():
-        raise ValueError(f"--data {args.data!r} is not a folder (expected retrieval/, action/, "
-                         "sound/ splits; make them with `gradharmony make-data`)")
+    require(not bad and bool(tasks),
+            f"--tasks: unknown {bad or 'empty list'}; choose from {', '.join(TASKS)}")
+    _check_run(args.run)
+    data = existing_dir("--data", args.data, "a folder with retrieval/, action/, sound/ "
+                        "splits; make them with `gradharmony make-data`")
+    needed = (["retrieval"] if "retrieval" in tasks else []) + (
+        [f for f, _ in CLASS_SPLITS.values()] if {"probe", "finetune"} & set(tasks) else [])
+    for split in needed:
+        require((data / split).exists(), f"--data {args.data!r}: no {split}/ split (needed by "
+                f"--tasks {','.join(tasks)}; make it with `gradharmony make-data`)")
     device = _device(args.device)
     torch.manual_seed(args.seed)
-    run = load_run(args.run, device, allow_factory=args.allow_model_factory)
+    run = _load_run(args.run, device, args.allow_model_factory)
     path = run.dir / "eval.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update(run=str(run.dir), checkpoint=str(run.checkpoint), step=run.step,
@@ -235,22 +277,23 @@ def _print_eval(result: dict) -> None:
             print(f"{task} {name}: top1 {m['top1']:.1f}  top5 {m['top5']:.1f}")
 
 
-def _score_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradharmony score",
-                                description="per-triplet alignment scores of a data set")
+def _score_parser() -> Parser:
+    p = Parser(prog="gradharmony score", description="per-triplet alignment scores of a data set")
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--data", required=True, help="shards: a folder, a glob or a .tar")
     p.add_argument("--out", default=None, help="output .jsonl (default: RUN/scores.jsonl)")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=at_least(2), default=None,
                    help="triplets per batch (in-batch negatives); default: the run's batch size")
-    p.add_argument("--limit", type=int, default=None, help="score at most this many clips")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--limit", type=at_least(1), default=None,
+                   help="score at most this many clips")
+    p.add_argument("--n-boot", type=at_least(1), default=1000,
+                   help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--allow-model-factory", metavar="MODULE:FUNCTION", default=None,
                    help="call this model factory when the run's config.yaml names it "
                         "(model.preset); it runs that function with the run's arguments, so "
                         "give it only for runs you trust")
-    p.add_argument("--examples", type=float, default=0.05,
+    p.add_argument("--examples", type=positive_float, default=0.05,
                    help="fraction of clips kept at each end for the report's contact sheet")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -279,17 +322,23 @@ def _examples(data, spec, rows: list[dict], fraction: float, path: Path) -> None
 
 
 def main_score(argv: list[str] | None = None) -> int:
-    """Entry point of ``gradharmony score``."""
-    from gradharmony.evaluate.run import load_run
+    """Entry point of ``gradharmony score``; the arguments, the shards and the run are checked
+    before anything is computed or written."""
     from gradharmony.evaluate.scoring import detection_aurocs, score_clips
 
     args = _score_parser().parse_args(argv)
+    require(args.examples <= 0.5, f"--examples: expected a fraction in (0, 0.5], "
+            f"got {args.examples}")
+    _check_run(args.run)
+    with input_errors("--data: "):
+        shard_files(args.data)
+    if args.out:
+        writable_path("--out", args.out, "file")
     device = _device(args.device)
-    run = load_run(args.run, device, allow_factory=args.allow_model_factory)
+    run = _load_run(args.run, device, args.allow_model_factory)
     batch_size = args.batch_size or int(run.config.get("batch_size", 64))
-    if batch_size < 2:
-        raise ValueError(f"--batch-size must be >= 2 (in-batch negatives), got {batch_size}")
-    shard_files(args.data)  # clear error before decoding
+    require(batch_size >= 2, f"--batch-size: expected >= 2 (in-batch negatives); the run's "
+            f"batch size is {batch_size}")
     skipped: dict[str, int] = {}
     parts = iter_clipsets(args.data, run.spec, 1, batch_size, args.limit, False, skipped)
     rows = score_clips(run.model, parts, run.tokenizer, batch_size, run.candidates,

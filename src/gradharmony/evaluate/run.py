@@ -100,7 +100,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu",
 
     Raises ``ValueError``/``RuntimeError`` with the path when the run has no config, no
     checkpoint, or a vocabulary that does not fit the model's word table, and
-    :class:`~gradharmony.train.runfiles.RunFileError` (a ``ValueError``) for a refused file.
+    :class:`~gradharmony.train.runfiles.RunFileError` (an ``InputError``) for a refused file.
 
     Example:
         >>> load_run("/nonexistent/run")

@@ -1,7 +1,8 @@
 """``gradharmony pretrain --config configs/NAME.yaml [key=value ...]``.
 
-Exit status: 0 on success, 2 on a configuration error (found before any work; the message
-names the key), 1 when the run stopped on repeated non-finite steps.
+Exit status: 0 on success, 2 on a usage or configuration error (found before any work; one
+line naming the option or key), 1 when the run stopped on repeated non-finite steps. The
+``key=value`` overrides may come before, between or after the options.
 
 Example:
     >>> main(["--print-config", "data.kind=random", "steps=5"])  # doctest: +ELLIPSIS
@@ -12,17 +13,19 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+import yaml
 from omegaconf import OmegaConf
 
+from gradharmony.cli import Parser
+from gradharmony.errors import one_line
 from gradharmony.train.config import ConfigError, load_config
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> Parser:
+    p = Parser(
         prog="gradharmony pretrain",
         description="Pre-train VATT with cross-modality gradient harmonization. Launch with "
                     "`torchrun --nproc_per_node=N gradharmony pretrain ...` for several "
@@ -38,11 +41,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gradharmony pretrain``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.config is None and not args.overrides:
+        parser.error("no configuration: expected --config configs/NAME.yaml and/or "
+                     "key=value overrides")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"gradharmony pretrain: config error: {err}", file=sys.stderr)
+        return 2
+    except yaml.YAMLError as err:
+        print(f"gradharmony pretrain: config error: --config {args.config!r} is not valid YAML: "
+              f"{one_line(err)}", file=sys.stderr)
         return 2
     if args.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True), end="")

@@ -17,10 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
+
+from gradharmony.cli import Parser, at_least, require, writable_path
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -30,15 +31,15 @@ def _config_path() -> Path:
     return local if local.is_file() else REPO / "configs" / "demo.yaml"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> Parser:
+    p = Parser(
         prog="gradharmony demo",
         description="Generate the synthetic data, pre-train with gradient harmonization "
                     "(configs/demo.yaml), evaluate and write runs/demo/report.md.")
     p.add_argument("--data", default="data/synthetic", help="synthetic data folder")
     p.add_argument("--runs", default="runs", help="folder of run directories")
     p.add_argument("--name", default="demo", help="run name")
-    p.add_argument("--clips", type=int, default=None,
+    p.add_argument("--clips", type=at_least(1), default=None,
                    help="training clips to generate (default: the generator's)")
     p.add_argument("--tasks", default="retrieval,probe", help="evaluation tasks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -66,6 +67,27 @@ def plan(argv: list[str]) -> list[list[str]]:
     return [gen, vocab, train, evaluate, report]
 
 
+def _check(a) -> None:
+    """The demo's own arguments, checked before the first stage: a bad override or task would
+    otherwise surface only after the data set was generated."""
+    from gradharmony.errors import InputError
+    from gradharmony.evaluate.cli import TASKS
+    from gradharmony.train.config import ConfigError, load_config
+
+    writable_path("--data", a.data, "folder")
+    writable_path("--runs", a.runs, "folder")
+    require(bool(a.name) and "/" not in a.name, f"--name: expected a run name without '/', "
+            f"got {a.name!r}")
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    require(not bad and bool(tasks),
+            f"--tasks: unknown {bad or 'empty list'}; choose from {', '.join(TASKS)}")
+    try:
+        load_config(_config_path(), a.overrides, check=False)
+    except ConfigError as err:
+        raise InputError(f"config error: {err}") from err
+
+
 def _finished(run: Path) -> bool:
     """Whether ``run`` holds a checkpoint of its last step (read as data only: a checkpoint
     or config that would need more raises :class:`~gradharmony.train.runfiles.RunFileError`)."""
@@ -89,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     a = _parser().parse_args(argv)
+    _check(a)
     data, run = Path(a.data), Path(a.runs) / a.name
     gen, vocab, train, evaluate, report = plan(argv)
     stages = [("synthetic data", gen, (data / "info.json").is_file()),

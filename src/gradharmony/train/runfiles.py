@@ -28,13 +28,16 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradharmony.errors import InputError
+
 if TYPE_CHECKING:
     import numpy as np
 
 
-class RunFileError(ValueError):
+class RunFileError(InputError):
     """A run-directory file that is refused (it would run code, or is not what it should be),
-    or a requested file that is missing. The message is one line naming the file."""
+    or a requested file that is missing. The message is one line naming the file; as an
+    :class:`~gradharmony.errors.InputError` the command line prints it as one line, exit 2."""
 
 
 def _one_line(text: object) -> str:
