@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from gradharmony.balance.trainer import MODALITIES, AVConfig, train_av
 
-MULTIMODAL = ("joint", "ogm", "ogm-ge", "gblend", "mdrop")
+MULTIMODAL = ("joint", "ogm", "ogm-ge", "gblend", "mdrop", "umt", "atf")
 
 
 def grid_configs(base: AVConfig, methods, fusions, optimizers, seeds) -> list[AVConfig]:
@@ -69,6 +69,13 @@ def run_grid(train: dict, test: dict, configs: list[AVConfig], out_dir: str,
                "probe": res["probe"], "unimodal_acc": res["unimodal_acc"],
                "gblend_weights": hist["gblend_weights"],
                "mean_rho": {m: float(np.mean(v)) for m, v in hist["rho"].items() if v}}
+        if res["umt_teachers"]:
+            rec["umt_teacher_acc"] = {m: t["acc"] for m, t in res["umt_teachers"].items()}
+        if hist["atf_factor"]:
+            rec["mean_atf_factor"] = {m: float(np.mean(v)) for m, v in hist["atf_factor"].items()}
+            rec["atf_factor_per_epoch"] = {
+                m: [float(np.mean([f for f, e in zip(v, hist["epoch_of_step"]) if e == ep]))
+                    for ep in range(cfg.epochs)] for m, v in hist["atf_factor"].items()}
         if cfg.method in keep_history_for:
             rec["rho"] = hist["rho"]
             rec["coef"] = hist["coef"]
