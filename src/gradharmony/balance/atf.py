@@ -118,9 +118,10 @@ class TrackingFactor:
 
     Example:
         >>> tf = TrackingFactor(["a", "v"], rate=0.5, power=1.0, smoothing=0.0)
-        >>> tf.update({"a": 1.0, "v": 1.0}); tf.update({"a": 0.5, "v": 1.0})
+        >>> tf.update({"a": 1.0, "v": 1.0})
         {'a': 1.0, 'v': 1.0}
-        {'a': 0.8333333333333333, 'v': 1.1666666666666667}
+        >>> {m: round(f, 4) for m, f in tf.update({"a": 0.5, "v": 1.0}).items()}
+        {'a': 0.8333, 'v': 1.1667}
     """
 
     def __init__(self, modalities: Sequence[str], rate: float = 0.05, power: float = 1.0,
