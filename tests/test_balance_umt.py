@@ -155,3 +155,22 @@ def test_distillation_pulls_student_features_to_the_teacher(splits):
         dist[method] = {m: float(((feats[m] - targets[m]) ** 2).mean()) for m in targets}
     for m in ("audio", "visual"):
         assert dist["umt"][m] < 0.5 * dist["joint"][m]
+
+
+def test_table_grid_trains_each_teacher_once_per_seed(tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "table"
+    small = ["--frames", "4", "--size", "16", "--cache-dir", str(cache), "--epochs", "1",
+             "--n-train", "64", "--n-test", "32", "--optimizers", "sgd"]
+    assert main(["--table", "--methods", "umt", "atf", "--fusions", "sum", "concat",
+                 "--seeds", "0", "1", "--out", str(out), *small]) == 0
+    text = (out / "table.md").read_text()
+    assert "| umt | sum |" in text and "| atf | concat |" in text
+    # 2 seeds x 2 modalities, although UMT ran with two fusions per seed
+    assert len(os.listdir(cache / "umt-teachers")) == 4
+    recs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(recs) == 8
+    umt = [r for r in recs if r["method"] == "umt"]
+    assert all(r["umt_teacher_acc"] == umt[0]["umt_teacher_acc"] for r in umt
+               if r["seed"] == umt[0]["seed"])
+    atf = [r for r in recs if r["method"] == "atf"]
+    assert all(len(r["atf_factor_per_epoch"]["visual"]) == 1 for r in atf)
