@@ -174,3 +174,4 @@ def test_table_grid_trains_each_teacher_once_per_seed(tmp_path):
                if r["seed"] == umt[0]["seed"])
     atf = [r for r in recs if r["method"] == "atf"]
     assert all(len(r["atf_factor_per_epoch"]["visual"]) == 1 for r in atf)
+    assert (out / "balance_atf_factors.png").exists()

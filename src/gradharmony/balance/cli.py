@@ -111,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     train, test = prepare_splits(data["train"], data["test"])
     cfg.extra["num_classes"] = len(data["class_names"])
     if args.table:
-        from gradharmony.balance.table import grid_configs, markdown_tables, plot_balance, run_grid
+        from gradharmony.balance.table import (
+            grid_configs,
+            markdown_tables,
+            plot_atf_factors,
+            plot_balance,
+            run_grid,
+        )
 
         out = args.out or "runs/train-av-table"
         cfgs = grid_configs(cfg, args.methods, args.fusions, args.optimizers, args.seeds)
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             for opt in args.optimizers:
                 plot_balance(records, os.path.join(out, f"balance_{fusion}_{opt}.png"),
                              fusion, opt, args.seeds[0])
+        plot_atf_factors(records, os.path.join(out, "balance_atf_factors.png"))
         print(table)
         return 0
     res = train_av(train, test, cfg)

@@ -162,3 +162,34 @@ def plot_balance(records: list[dict], path: str, fusion: str = "concat",
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_atf_factors(records: list[dict], path: str) -> str | None:
+    """Plot ATF's per-epoch learning-rate factor of each modality (mean over seeds), one
+    panel per optimizer and a line per fusion, to ``path``; None without ATF records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in records if r["method"] == "atf" and r.get("atf_factor_per_epoch")]
+    if not sel:
+        return None
+    opts = list(dict.fromkeys(r["optimizer"] for r in sel))
+    fig, axes = plt.subplots(1, len(opts), figsize=(5 * len(opts), 3.4), squeeze=False)
+    for ax, opt in zip(axes[0], opts):
+        fusions = list(dict.fromkeys(r["fusion"] for r in sel if r["optimizer"] == opt))
+        for i, fusion in enumerate(fusions):
+            rs = [r for r in sel if r["optimizer"] == opt and r["fusion"] == fusion]
+            for m, ls in zip(MODALITIES, ("-", ":")):
+                f = np.mean([r["atf_factor_per_epoch"][m] for r in rs], axis=0)
+                ax.plot(np.arange(1, len(f) + 1), f, ls=ls, color=f"C{i}",
+                        label=f"{fusion} {m}")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set(title=f"ATF factors, {opt} (mean over {len(rs)} seeds)", xlabel="epoch",
+               ylabel="learning-rate factor λ")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
