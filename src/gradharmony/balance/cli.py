@@ -18,7 +18,7 @@ import torch
 from gradharmony.balance.data import load_av_features
 from gradharmony.balance.fusion import FUSIONS
 from gradharmony.balance.trainer import METHODS, OPTIMIZERS, AVConfig, prepare_splits, train_av
-from gradharmony.cli import Parser, at_least, writable_path
+from gradharmony.cli import Parser, at_least, positive_float, writable_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mdrop-target", default="random", help="audio, visual or random")
     p.add_argument("--gblend-super-epoch", type=int, default=2)
     p.add_argument("--gblend-holdout", type=float, default=0.2)
+    p.add_argument("--umt-weight", type=positive_float, default=1.0,
+                   help="UMT: weight of the feature distillation loss (> 0)")
+    p.add_argument("--umt-teacher-epochs", type=at_least(1), default=None,
+                   help="UMT: epochs of each uni-modal teacher (default: --epochs)")
+    p.add_argument("--atf-rate", type=float, default=0.05,
+                   help="ATF: tracking rate of the factors per step, in (0, 1]")
+    p.add_argument("--atf-power", type=float, default=1.0,
+                   help="ATF: exponent of the convergence ratios in the target (>= 0)")
+    p.add_argument("--atf-smoothing", type=float, default=0.9,
+                   help="ATF: moving-average coefficient of the per-modality loss, in [0, 1)")
+    p.add_argument("--atf-init", type=float, default=1.0, help="ATF: initial factor (> 0)")
+    p.add_argument("--atf-min", type=float, default=0.05, help="ATF: smallest factor (> 0)")
+    p.add_argument("--atf-max", type=float, default=10.0, help="ATF: largest factor")
+    p.add_argument("--atf-signal", choices=("head", "slice"), default="head",
+                   help="ATF: per-modality loss from detached linear heads, or OGM slices")
     p.add_argument("--n-train", type=at_least(1), default=3000)
     p.add_argument("--n-test", type=at_least(1), default=1500)
     p.add_argument("--data-seed", type=int, default=0)
@@ -53,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video frames per clip (8 fps)")
     p.add_argument("--size", type=at_least(1), default=32, help="frame height and width")
     p.add_argument("--cache-dir", default="runs/train-av-cache",
-                   help="where extracted features are cached ('' to disable)")
+                   help="where extracted features and UMT teachers are cached ('' to disable)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write result JSON (one run) or table files here")
     p.add_argument("--table", action="store_true",
@@ -75,7 +90,11 @@ def config_from_args(args: argparse.Namespace) -> AVConfig:
         window=(args.ogm_start, args.ogm_end), ogm_params=args.ogm_params,
         mdrop_rate=args.mdrop_rate, mdrop_target=args.mdrop_target,
         gblend_super_epoch=args.gblend_super_epoch, gblend_holdout=args.gblend_holdout,
-        progress=not args.quiet,
+        umt_weight=args.umt_weight, umt_teacher_epochs=args.umt_teacher_epochs,
+        umt_cache_dir=os.path.join(args.cache_dir, "umt-teachers") if args.cache_dir else None,
+        atf_rate=args.atf_rate, atf_power=args.atf_power, atf_smoothing=args.atf_smoothing,
+        atf_init=args.atf_init, atf_min=args.atf_min, atf_max=args.atf_max,
+        atf_signal=args.atf_signal, progress=not args.quiet,
     )
 
 
@@ -97,7 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     train, test = prepare_splits(data["train"], data["test"])
     cfg.extra["num_classes"] = len(data["class_names"])
     if args.table:
-        from gradharmony.balance.table import grid_configs, markdown_tables, plot_balance, run_grid
+        from gradharmony.balance.table import (
+            grid_configs,
+            markdown_tables,
+            plot_atf_factors,
+            plot_balance,
+            run_grid,
+        )
 
         out = args.out or "runs/train-av-table"
         cfgs = grid_configs(cfg, args.methods, args.fusions, args.optimizers, args.seeds)
@@ -112,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
             for opt in args.optimizers:
                 plot_balance(records, os.path.join(out, f"balance_{fusion}_{opt}.png"),
                              fusion, opt, args.seeds[0])
+        plot_atf_factors(records, os.path.join(out, "balance_atf_factors.png"))
         print(table)
         return 0
     res = train_av(train, test, cfg)
     summary = {"acc": res["acc"], "probe": res["probe"], "unimodal_acc": res["unimodal_acc"],
                "data": data["source"], "seconds": round(time.time() - t0, 1)}
+    if res["umt_teachers"]:
+        summary["umt_teachers"] = res["umt_teachers"]
     print(json.dumps(summary, indent=1))
     if args.out:
         os.makedirs(args.out, exist_ok=True)

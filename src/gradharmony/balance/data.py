@@ -50,7 +50,7 @@ def load_av_features(
         digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         path = os.path.join(cache_dir, f"av-features-{digest}.pt")
         if os.path.exists(path):
-            return torch.load(path)
+            return torch.load(path, weights_only=True)
     tr = av_classification_arrays(n_train, seed, start=0, **clip)
     te = av_classification_arrays(n_test, seed, start=n_train, **clip)
     out = {"train": extract_features(tr, **feats), "test": extract_features(te, **feats),

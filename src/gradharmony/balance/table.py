@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from gradharmony.balance.trainer import MODALITIES, AVConfig, train_av
 
-MULTIMODAL = ("joint", "ogm", "ogm-ge", "gblend", "mdrop")
+MULTIMODAL = ("joint", "ogm", "ogm-ge", "gblend", "mdrop", "umt", "atf")
 
 
 def grid_configs(base: AVConfig, methods, fusions, optimizers, seeds) -> list[AVConfig]:
@@ -69,6 +69,13 @@ def run_grid(train: dict, test: dict, configs: list[AVConfig], out_dir: str,
                "probe": res["probe"], "unimodal_acc": res["unimodal_acc"],
                "gblend_weights": hist["gblend_weights"],
                "mean_rho": {m: float(np.mean(v)) for m, v in hist["rho"].items() if v}}
+        if res["umt_teachers"]:
+            rec["umt_teacher_acc"] = {m: t["acc"] for m, t in res["umt_teachers"].items()}
+        if hist["atf_factor"]:
+            rec["mean_atf_factor"] = {m: float(np.mean(v)) for m, v in hist["atf_factor"].items()}
+            rec["atf_factor_per_epoch"] = {
+                m: [float(np.mean([f for f, e in zip(v, hist["epoch_of_step"]) if e == ep]))
+                    for ep in range(cfg.epochs)] for m, v in hist["atf_factor"].items()}
         if cfg.method in keep_history_for:
             rec["rho"] = hist["rho"]
             rec["coef"] = hist["coef"]
@@ -151,6 +158,37 @@ def plot_balance(records: list[dict], path: str, fusion: str = "concat",
     for ax in axes:
         ax.legend()
     fig.suptitle(f"{fusion} fusion, {optimizer}, seed {seed}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_atf_factors(records: list[dict], path: str) -> str | None:
+    """Plot ATF's per-epoch learning-rate factor of each modality (mean over seeds), one
+    panel per optimizer and a line per fusion, to ``path``; None without ATF records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in records if r["method"] == "atf" and r.get("atf_factor_per_epoch")]
+    if not sel:
+        return None
+    opts = list(dict.fromkeys(r["optimizer"] for r in sel))
+    fig, axes = plt.subplots(1, len(opts), figsize=(5 * len(opts), 3.4), squeeze=False)
+    for ax, opt in zip(axes[0], opts):
+        fusions = list(dict.fromkeys(r["fusion"] for r in sel if r["optimizer"] == opt))
+        for i, fusion in enumerate(fusions):
+            rs = [r for r in sel if r["optimizer"] == opt and r["fusion"] == fusion]
+            for m, ls in zip(MODALITIES, ("-", ":")):
+                f = np.mean([r["atf_factor_per_epoch"][m] for r in rs], axis=0)
+                ax.plot(np.arange(1, len(f) + 1), f, ls=ls, color=f"C{i}",
+                        label=f"{fusion} {m}")
+        ax.axhline(1.0, color="grey", lw=0.5)
+        ax.set(title=f"ATF factors, {opt} (mean over {len(rs)} seeds)", xlabel="epoch",
+               ylabel="learning-rate factor λ")
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -2,20 +2,24 @@
 
 Methods: ``audio`` / ``visual`` (uni-modal baselines), ``joint`` (naive late fusion),
 ``ogm`` / ``ogm-ge`` (:mod:`gradharmony.balance.ogm`), ``gblend``
-(:mod:`gradharmony.balance.gblend`, online) and ``mdrop`` (:mod:`gradharmony.balance.mdrop`).
+(:mod:`gradharmony.balance.gblend`, online), ``mdrop`` (:mod:`gradharmony.balance.mdrop`),
+``umt`` (uni-modal teachers, :mod:`gradharmony.balance.umt`) and ``atf`` (adaptive tracking
+factor on the encoders' learning rates, :mod:`gradharmony.balance.atf`).
 The data are pre-extracted feature sequences (:mod:`gradharmony.balance.features`):
 ``{"train": {"audio": [n, T, D], "visual": [n, T', D'], "label": [n]}, "test": {...}}``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from gradharmony.balance.atf import ATFConfig, TrackingFactor
 from gradharmony.balance.features import standardize
 from gradharmony.balance.gblend import gblend_weights
 from gradharmony.balance.mdrop import modality_drop_masks
@@ -28,8 +32,17 @@ from gradharmony.balance.ogm import (
     ogm_coefficients,
     select_parameters,
 )
+from gradharmony.balance.umt import (
+    check_teachers,
+    data_fingerprint,
+    distillation_loss,
+    distillation_targets,
+    load_teacher,
+    save_teacher,
+    teacher_cache_key,
+)
 
-METHODS = ("audio", "visual", "joint", "ogm", "ogm-ge", "gblend", "mdrop")
+METHODS = ("audio", "visual", "joint", "ogm", "ogm-ge", "gblend", "mdrop", "umt", "atf")
 MODALITIES = ("audio", "visual")
 OPTIMIZERS = ("sgd", "adam")
 
@@ -56,6 +69,16 @@ class AVConfig:
     mdrop_target: str = "random"
     gblend_super_epoch: int = 2
     gblend_holdout: float = 0.2
+    umt_weight: float = 1.0
+    umt_teacher_epochs: int | None = None   # None: the student's epochs
+    umt_cache_dir: str | None = None        # where teachers are cached (None: not cached)
+    atf_rate: float = 0.05
+    atf_power: float = 1.0
+    atf_smoothing: float = 0.9
+    atf_init: float = 1.0
+    atf_min: float = 0.05
+    atf_max: float = 10.0
+    atf_signal: str = "head"
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -64,6 +87,8 @@ class AVConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr (--lr) must be a finite number > 0, got {self.lr}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}")
@@ -80,6 +105,26 @@ class AVConfig:
             raise ValueError(f"gblend_holdout must be in (0, 1), got {self.gblend_holdout}")
         if self.method == "gblend" and self.gblend_super_epoch < 1:
             raise ValueError(f"gblend_super_epoch must be >= 1, got {self.gblend_super_epoch}")
+        if self.method == "umt":
+            if not (isinstance(self.umt_weight, (int, float)) and np.isfinite(self.umt_weight)
+                    and self.umt_weight > 0):
+                raise ValueError(f"umt_weight (--umt-weight) must be a finite number > 0, "
+                                 f"got {self.umt_weight!r}")
+            if self.umt_teacher_epochs is not None and self.umt_teacher_epochs < 1:
+                raise ValueError(f"umt_teacher_epochs (--umt-teacher-epochs) must be >= 1, "
+                                 f"got {self.umt_teacher_epochs}")
+        if self.method == "atf":
+            self.atf_config()
+
+    def atf_config(self) -> ATFConfig:
+        """The :class:`ATFConfig` of the ``atf_*`` fields (validates them)."""
+        return ATFConfig(self.atf_rate, self.atf_power, self.atf_smoothing, self.atf_init,
+                         self.atf_min, self.atf_max, self.atf_signal)
+
+    @property
+    def base_lr(self) -> float:
+        """``lr``, or the optimizer's default when it is None."""
+        return self.lr if self.lr is not None else (0.05 if self.optimizer == "sgd" else 2e-3)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -145,7 +190,71 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     return float(clf.score(te.numpy(), np.asarray(test_y)))
 
 
-def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
+def train_teachers(train: dict, test: dict, cfg: AVConfig) -> tuple[dict, dict]:
+    """UMT's uni-modal teachers: ``({m: encoder}, {m: info})``, trained or read from cache.
+
+    Teacher m is the ``method=m`` baseline of ``cfg`` (same seed, optimizer, learning rate,
+    weight decay, batch size, encoder and size; ``umt_teacher_epochs`` epochs). With
+    ``cfg.umt_cache_dir`` its weights are cached there under a digest of all of these, the
+    number of classes and a fingerprint of the training inputs of m and the labels; ``info``
+    says whether it came from the cache and its test accuracy.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.randint(3, (64,), generator=g)
+        >>> d = {"audio": torch.randn(64, 4, 3, generator=g), "visual": torch.randn(64, 2, 5),
+        ...      "label": y}
+        >>> enc, info = train_teachers(d, d, AVConfig(method="umt", epochs=1, progress=False))
+        >>> sorted(enc), info["visual"]["cached"]
+        (['audio', 'visual'], False)
+    """
+    num_classes = int(cfg.extra.get("num_classes",
+                                    int(torch.cat([train["label"], test["label"]]).max()) + 1))
+    epochs = cfg.umt_teacher_epochs or cfg.epochs
+    encoders, info = {}, {}
+    for m in MODALITIES:
+        check_batch(train, [m], num_classes)
+        settings = {"kind": "umt-teacher", "version": 1, "modality": m, "seed": cfg.seed,
+                    "optimizer": cfg.optimizer, "lr": cfg.base_lr,
+                    "weight_decay": cfg.weight_decay, "epochs": epochs,
+                    "batch_size": cfg.batch_size, "encoder": cfg.encoder, "dim": cfg.dim,
+                    "num_classes": num_classes, "input_dim": int(train[m].shape[-1]),
+                    "train_data": data_fingerprint(train, [m, "label"])}
+        path = None
+        if cfg.umt_cache_dir:
+            path = os.path.join(cfg.umt_cache_dir,
+                                f"umt-teacher-{m}-{teacher_cache_key(settings)}.pt")
+        model = AVClassifier({m: settings["input_dim"]}, num_classes, "concat", cfg.encoder,
+                             cfg.dim)
+        if path and os.path.exists(path):
+            state, meta = load_teacher(path)
+            if meta.get("settings") != settings:
+                raise ValueError(f"teacher cache {path} was written for other settings "
+                                 f"({meta.get('settings')}); delete it")
+            model.load_state_dict(state)
+            info[m] = {"cached": True, "acc": meta["acc"], "path": path}
+        else:
+            tcfg = replace(cfg, method=m, epochs=epochs, extra=dict(cfg.extra))
+            res = train_av(train, test, tcfg)
+            model = res["model"]
+            info[m] = {"cached": False, "acc": res["acc"], "path": path}
+            if path:
+                save_teacher(path, model.state_dict(), {"settings": settings, "acc": res["acc"]})
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        encoders[m] = model.encoders[m]
+    return encoders, info
+
+
+def _optimizer(cfg: AVConfig, groups) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=0.9,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def train_av(train: dict, test: dict, cfg: AVConfig, teachers: dict | None = None) -> dict:
     """Train one classifier; return test accuracy, per-encoder probe accuracy and history.
 
     ``train`` / ``test``: ``{"audio": [n, T, D], "visual": [n, T', D'], "label": [n]}``
@@ -153,7 +262,9 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
     test accuracy), ``probe`` (modality -> linear-probe test accuracy on that encoder's
     features), ``unimodal_acc`` (the uni-modal heads' test accuracy, G-Blend only trains them),
     and ``history``: per step ``rho`` / ``coef`` (modality -> list), per epoch ``loss``,
-    ``train_acc`` and, for G-Blend, ``gblend_weights``.
+    ``train_acc`` and, for G-Blend, ``gblend_weights``; for ATF ``atf_factor`` (modality ->
+    the learning-rate factor of every step). ``teachers`` (UMT only): modality -> frozen
+    teacher encoder, one per modality; None trains them (:func:`train_teachers`).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -169,6 +280,14 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
     num_classes = int(cfg.extra.get("num_classes", int(labels.max()) + 1))
     check_batch(train, mods, num_classes)
     check_batch(test, mods, num_classes)
+    if teachers is not None and cfg.method != "umt":
+        raise ValueError(f"teachers are only used by method 'umt', not {cfg.method!r}")
+    teacher_info = {}
+    if cfg.method == "umt":
+        if teachers is None:
+            teachers, teacher_info = train_teachers(train, test, cfg)
+        check_teachers(teachers, mods)
+        targets = distillation_targets(teachers, train, mods)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     dims = {m: int(train[m].shape[-1]) for m in mods}
@@ -180,12 +299,19 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
         n_held = max(1, int(round(cfg.gblend_holdout * len(perm))))
         held, fit = _subset(train, perm[:n_held]), _subset(train, perm[n_held:])
         fit_probe = _subset(fit, torch.arange(min(len(fit["label"]), 4 * n_held)))
-    lr = cfg.lr if cfg.lr is not None else (0.05 if cfg.optimizer == "sgd" else 2e-3)
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
-                              weight_decay=cfg.weight_decay)
+    tracker = None
+    if cfg.method == "atf":
+        atf = cfg.atf_config()
+        tracker = TrackingFactor(mods, atf.rate, atf.power, atf.smoothing, atf.init,
+                                 atf.min_factor, atf.max_factor)
+        enc_ids = {id(p) for m in mods for p in model.encoders[m].parameters()}
+        groups = [{"params": list(model.encoders[m].parameters()), "modality": m,
+                   "lr": cfg.base_lr * atf.init} for m in mods]
+        groups.append({"params": [p for p in model.parameters() if id(p) not in enc_ids],
+                       "modality": None})
+        opt = _optimizer(cfg, groups)
     else:
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        opt = _optimizer(cfg, model.parameters())
 
     ogm = None
     if cfg.method in ("ogm", "ogm-ge"):
@@ -195,7 +321,8 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
     branches = (*mods, "fused")
     weights = {b: 1.0 / len(branches) for b in branches}
     hist = {"rho": {m: [] for m in mods}, "coef": {m: [] for m in mods}, "loss": [],
-            "train_acc": [], "gblend_weights": [], "epoch_of_step": []}
+            "train_acc": [], "gblend_weights": [], "epoch_of_step": [],
+            "atf_factor": {m: [] for m in mods} if tracker else {}}
     snapshot = None
     n = len(fit["label"])
     bar = tqdm(range(cfg.epochs), desc=f"train-av {cfg.method}/{cfg.fusion}",
@@ -210,7 +337,8 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
         perm = torch.randperm(n, generator=gen)
         tot_loss, correct = 0.0, 0
         for i in range(0, n, cfg.batch_size):
-            batch = _subset(fit, perm[i:i + cfg.batch_size])
+            idx = perm[i:i + cfg.batch_size]
+            batch = _subset(fit, idx)
             y = batch["label"]
             drop = None
             if cfg.method == "mdrop":
@@ -222,8 +350,24 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
                     weights[m] * F.cross_entropy(out["unimodal"][m], y) for m in mods)
             else:
                 loss = fused
+            if cfg.method == "umt":
+                loss = loss + distillation_loss(out["features"],
+                                                {m: targets[m][idx] for m in mods},
+                                                cfg.umt_weight)
+            if tracker is not None:
+                signal = _atf_signal(model, out, y, cfg.atf_signal)
+                # the heads are trained on detached features: they measure, never push
+                if cfg.atf_signal == "head":
+                    loss = loss + sum(signal.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if tracker is not None:
+                factors = tracker.update({m: float(v.detach()) for m, v in signal.items()})
+                for group in opt.param_groups:
+                    if group["modality"] is not None:
+                        group["lr"] = cfg.base_lr * factors[group["modality"]]
+                for m in mods:
+                    hist["atf_factor"][m].append(factors[m])
             coef = {m: 1.0 for m in mods}
             if len(mods) > 1:
                 scores = modality_scores(out["slices"], y)
@@ -253,5 +397,14 @@ def train_av(train: dict, test: dict, cfg: AVConfig) -> dict:
         "probe": {m: linear_probe(out_tr["features"][m], train["label"],
                                   out_te["features"][m], yte, cfg.seed) for m in mods},
         "history": hist,
+        "umt_teachers": teacher_info,
         "model": model,
     }
+
+
+def _atf_signal(model, out, y, signal: str) -> dict[str, torch.Tensor]:
+    """Per-modality loss fed to the tracking factor (see :mod:`gradharmony.balance.atf`)."""
+    if signal == "head":
+        return {m: F.cross_entropy(model.unimodal[m](f.detach()), y)
+                for m, f in out["features"].items()}
+    return {m: F.cross_entropy(z, y) for m, z in out["slices"].items()}
