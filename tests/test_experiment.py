@@ -1,0 +1,104 @@
+"""The experiment driver: skip finished runs, refuse foreign folders and configs, resume
+half-finished runs from their checkpoint (tiny stand-in runs of a few steps)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradharmony.experiment import Experiment, ExperimentError, RunSpec
+from gradharmony.experiment.cli import main as experiment_main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+
+BASE = [*STANDIN_OVERRIDES, "steps=5", "ckpt_every=2", "granularity=sample", "device=cpu"]
+
+
+def _exp(out, extra=()):
+    return Experiment("evidence", None, out, [*BASE, *extra], log=lambda m: None)
+
+
+def _weights(run):
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def test_a_finished_run_is_skipped_and_its_files_untouched(tmp_path):
+    exp = _exp(tmp_path)
+    spec = RunSpec("a-seed0", ("seed=0",))
+    assert exp.state(spec) == "new"
+    assert exp.train(spec) == "new"
+    ckpt = exp.run_dir(spec) / "checkpoints" / "last.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    again = _exp(tmp_path)  # a second invocation of the same experiment
+    assert again.state(spec) == "finished"
+    assert again.train(spec) == "finished"
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert json.loads((exp.run_dir(spec) / "experiment.json").read_text())["finished"]
+
+
+def test_a_folder_of_another_config_is_refused(tmp_path):
+    exp = _exp(tmp_path)
+    exp.train(RunSpec("a", ("seed=0",)))
+    with pytest.raises(ExperimentError, match="--out .* another resolved config"):
+        _exp(tmp_path, ["optim.lr=0.02"])
+    with pytest.raises(ExperimentError, match="another kind"):
+        Experiment("table1", None, tmp_path, BASE, log=lambda m: None)
+    # the same name with other overrides is a different run: refused, not overwritten
+    with pytest.raises(ExperimentError, match="trained with another config"):
+        exp.state(RunSpec("a", ("seed=1",)))
+    foreign = exp.out / "runs" / "b"
+    foreign.mkdir(parents=True)
+    with pytest.raises(ExperimentError, match="not made by this experiment"):
+        exp.state(RunSpec("b"))
+
+
+def test_a_half_finished_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    import gradharmony.train.loop as loop
+
+    spec = RunSpec("r", ("seed=3",))
+    whole = _exp(tmp_path / "whole")
+    whole.train(spec)
+
+    exp = _exp(tmp_path / "cut")
+    real = loop.to_device
+    calls = {"n": 0}
+
+    def dying(batch, device):
+        calls["n"] += 1
+        if calls["n"] == 4:  # step 3: after the checkpoint of step 2
+            raise KeyboardInterrupt
+        return real(batch, device)
+
+    monkeypatch.setattr(loop, "to_device", dying)
+    with pytest.raises(KeyboardInterrupt):
+        exp.train(spec)
+    monkeypatch.setattr(loop, "to_device", real)
+    assert exp.state(spec) == "partial"
+    assert torch.load(exp.run_dir(spec) / "checkpoints" / "last.pt",
+                      weights_only=False)["step"] == 2
+    assert exp.train(spec) == "partial"
+    assert exp.state(spec) == "finished"
+    a, b = _weights(whole.run_dir(spec)), _weights(exp.run_dir(spec))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_that_died_before_its_first_checkpoint_restarts(tmp_path):
+    exp = _exp(tmp_path)
+    spec = RunSpec("r", ("seed=0",))
+    exp.train(spec)
+    meta = exp.run_dir(spec) / "experiment.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "finished": False}))
+    (exp.run_dir(spec) / "checkpoints" / "last.pt").unlink()
+    assert exp.state(spec) == "restart"
+    assert exp.train(spec) == "restart"
+    assert exp.state(spec) == "finished"
+
+
+def test_experiment_cli_rejects_unknown_experiments_and_bad_lists(capsys):
+    assert experiment_main(["table9"]) == 2
+    assert "unknown experiment 'table9'" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--ks: expected a comma list"):
+        experiment_main(["evidence", "--out", "x", "--ks", "a"])
