@@ -102,3 +102,49 @@ def test_experiment_cli_rejects_unknown_experiments_and_bad_lists(capsys):
     assert "unknown experiment 'table9'" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--ks: expected a comma list"):
         experiment_main(["evidence", "--out", "x", "--ks", "a"])
+
+
+@pytest.mark.slow
+def test_evidence_end_to_end_on_tiny_shards(tmp_path):
+    """Two tiny VATT runs (k = 1, 2) on 16 clips: trained, scored, documented; a rerun skips."""
+    import numpy as np
+
+    from gradharmony.data.writer import write_shards
+    from gradharmony.experiment.evidence import run_evidence
+    from test_evaluate_cli import MODEL, _clip
+
+    rng = np.random.default_rng(0)
+    words = ["red", "green", "blue"]
+    samples = []
+    for i in range(16):
+        lab, kind = i % 3, ["aligned", "aligned", "off_topic", "shifted"][i % 4]
+        word = words[lab] if kind != "off_topic" else words[(lab + 1) % 3]
+        samples.append({"__key__": f"c{i:03d}", "mp4": _clip(lab, rng)[0],
+                        "txt": f"a {word} square",
+                        "json": {"video_id": f"v{i // 4}", "text_noise": kind,
+                                 "text_aligned": kind == "aligned", "audio_aligned": i % 5 != 0,
+                                 "audio_noise": "aligned" if i % 5 else "music",
+                                 "neighbors": ["a square", "a red square"]}})
+    write_shards(samples, tmp_path / "train", prefix="t", max_count=4)
+    kwargs = {k: v for k, v in MODEL.items()
+              if k not in ("video_frames", "video_size", "audio_seconds", "audio_rate",
+                           "vocab_size", "max_words", "num_candidates")}
+    over = ["data.kind=shards", f"data.mixture=[{{shards: {tmp_path / 'train'}, weight: 1.0, "
+            "has_text: true}]", "data.frames=4", "data.fps=4.0", "data.size=32", "data.crop=32",
+            "data.audio_rate=8000", "data.clip_seconds=1.0", "data.text_len=6", "batch_size=4",
+            "steps=4", "ckpt_every=2", "log_every=2", "device=cpu", "model.preset=tiny",
+            "optim.warmup_steps=1", "data.shuffle_buffer=4"]
+    over += [f"model.kwargs.{k}={json.dumps(v)}" for k, v in kwargs.items()]
+    logs = []
+    doc = run_evidence(None, tmp_path / "ev", None, seeds=(0,), ks=(1, 2), overrides=over,
+                       n_boot=20, stages=2, drop_batches=1, log=logs.append)
+    md = doc.read_text()
+    assert "| k=2 | shuffled order, scope shared | text_misaligned |" in md
+    assert "| k=1 | training steps 2–3 (train mode, logged) | text_misaligned |" in md
+    assert "gradharmony score --run" in md and "Dropping a triplet" in md
+    s = json.loads((tmp_path / "ev" / "scores" / "k2-seed0" / "shard.summary.json").read_text())
+    assert s["order"] == "shard" and s["k"] == 2 and s["same_video_pairs_per_batch"] == 6.0
+    logs.clear()
+    run_evidence(None, tmp_path / "ev", None, seeds=(0,), ks=(1, 2), overrides=over,
+                 n_boot=20, stages=2, drop_batches=1, log=logs.append)
+    assert sum("skipped" in m for m in logs) == 2 + 6  # 2 runs, 6 scorings
