@@ -261,9 +261,14 @@ def _document(exp, config, out, seeds, ks, overrides, data, score_limit, n_boot,
                       f"{d['batch_size']}: {m['dropped']:.1%} of the triplets dropped; cosine "
                       f"between the two updates {m['cos']:.4f} (min {d['min_cos']:.4f}), norm "
                       f"ratio (removed / own-pass) {m['norm_ratio']:.3f}.")
-        md += ["", "Regenerate: `python -c \"from gradharmony.experiment.drop import "
-               "compare_drop; print(compare_drop('RUN', 'DATA', method='cl'))\"` "
-               "(written by the command above to `drop_comparison.json`).", ""]
+        d = next(iter(drop.values()))
+        md += ["", "Regenerate (the command above writes it to `drop_comparison.json`; each "
+               "method: `method='cl'` or `'both'`): `python -c \"from "
+               "gradharmony.experiment.drop import compare_drop; print(compare_drop("
+               f"'{d['run']}', '{data}', method='cl', batches={drop_batches}, "
+               f"limit={score_limit})['mean'])\"`", "",
+               "Scale note: with `gamma` = 0 Both projects nothing (it projects only when "
+               "gamma < cos < 0), so its update is CL's plus GR on the kept triplets.", ""]
     return md
 
 
