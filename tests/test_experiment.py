@@ -148,3 +148,40 @@ def test_evidence_end_to_end_on_tiny_shards(tmp_path):
     run_evidence(None, tmp_path / "ev", None, seeds=(0,), ks=(1, 2), overrides=over,
                  n_boot=20, stages=2, drop_batches=1, log=logs.append)
     assert sum("skipped" in m for m in logs) == 2 + 6  # 2 runs, 6 scorings
+
+
+def test_drop_comparison_removed_update_equals_training_on_the_kept_triplets_only():
+    """Oracle: the 'removed' update is the plain gradient of the batch cut down to the kept
+    triplets (sliced, not masked)."""
+    from gradharmony.experiment.drop import drop_updates
+    from gradharmony.harmonize import Harmonizer
+    from gradharmony.train.batches import RandomTriplets
+    from gradharmony.train.loop import per_triplet_losses
+    from test_train_standin import standin
+
+    torch.manual_seed(0)
+    model = standin(frames=2, size=4, samples=32, vocab=20)
+    batch = RandomTriplets(8, 2, 4, 32, 3, 2, 20, seed=1).batch(0)
+    harm = Harmonizer(model, method="cl", granularity="sample", gamma=0.0)
+    cos = harm.backward(per_triplet_losses(model(batch), batch, 0.07)[0], step=0).cos
+    harm.remove()
+    model.zero_grad(set_to_none=True)
+    kept = cos > 0.0
+    assert 0 < int(kept.sum()) < 8
+    r = drop_updates(model, batch, "cl", gamma=0.0)
+    assert r["dropped"] == pytest.approx(1 - float(kept.float().mean()))
+    sub = {k: (v[kept] if torch.is_tensor(v) else [x for x, m in zip(v, kept) if m])
+           for k, v in batch.items()}
+    losses, _ = per_triplet_losses(model(sub), sub, 0.07)
+    (losses["va"] + losses["vt"]).backward()
+    want = torch.cat([p.grad.reshape(-1).double() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    harm = Harmonizer(model, method="cl", granularity="sample", gamma=0.0)
+    harm.backward(per_triplet_losses(model(batch), batch, 0.07)[0], step=0)
+    harm.remove()
+    own = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                     .double() for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    assert r["cos"] == pytest.approx(float(own @ want / (own.norm() * want.norm())), abs=1e-5)
+    assert r["norm_ratio"] == pytest.approx(float(want.norm() / own.norm()), rel=1e-5)
+    assert r["cos"] < 0.9999  # dropping from the batch is not the own-pass drop
