@@ -157,6 +157,16 @@ CASES = {
         (["--method", "magic"], ["--method", "invalid choice", "magic"]),
         (["--bogus"], ["unrecognized arguments: --bogus"]),
     ],
+    "experiment": [
+        ([], ["experiment name", "evidence"]),
+        (["nosuch"], ["unknown experiment", "nosuch"]),
+        (["evidence", "--out", "x", "--ks", "0"], ["--ks", ">= 1"]),
+        (["evidence", "--out", "x", "--seeds", "a,b"], ["--seeds", "integers"]),
+        (["evidence", "--out", "afile"], ["--out", "afile"]),
+        (["evidence", "--out", "x", "--config", "nosuch.yaml"], ["--config", "nosuch.yaml"]),
+        (["evidence", "--out", "x", "--stages", "0"], ["--stages", ">= 1"]),
+        (["evidence", "--bogus"], ["--out"]),
+    ],
     "demo": [
         (["--data", "afile"], ["--data", "is a file"]),
         (["--clips", "0"], ["--clips", ">= 1"]),

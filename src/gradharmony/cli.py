@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "score": ("gradharmony.evaluate.cli", "main_score",
               "per-triplet alignment scores of a data set (data curation)"),
     "report": ("gradharmony.report.cli", "main", "tables and figures comparing runs"),
+    "experiment": ("gradharmony.experiment.cli", "main",
+                   "resumable experiments: train, score and document (evidence)"),
     "make-data": ("gradharmony.data.cli_synthetic", "main",
                   "generate the synthetic tri-modal benchmark as shards"),
     "make-shards": ("gradharmony.data.cli", "main_make_shards",

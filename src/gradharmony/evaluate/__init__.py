@@ -10,7 +10,7 @@ Example:
     1.0
 """
 
-from gradharmony.evaluate.auroc import auroc, bootstrap_auroc
+from gradharmony.evaluate.auroc import auroc, bootstrap_auroc, cluster_bootstrap_auroc
 from gradharmony.evaluate.probe import linear_probe, stratified_split, topk_accuracy
 from gradharmony.evaluate.retrieval import (
     TIE_RULE,
@@ -26,6 +26,7 @@ __all__ = [
     "average_windows",
     "bidirectional_retrieval",
     "bootstrap_auroc",
+    "cluster_bootstrap_auroc",
     "detection_aurocs",
     "encode_clips",
     "finetune",

@@ -278,23 +278,53 @@ def _print_eval(result: dict) -> None:
 
 
 def _score_parser() -> Parser:
-    p = Parser(prog="gradharmony score", description="per-triplet alignment scores of a data set")
+    from gradharmony.evaluate.order import ORDERS
+    from gradharmony.evaluate.scoring import CLUSTERS
+
+    p = Parser(
+        prog="gradharmony score", description="per-triplet alignment scores of a data set",
+        epilog="Batches: --batch-size triplets whose in-batch negatives are the other clips of "
+               "the batch, composed as --order says; each triplet has --k MIL-NCE candidates "
+               "(its narration and the first k-1 'neighbors' of KEY.json). The model is in eval "
+               "mode; its weights are never changed.")
     p.add_argument("--run", required=True, help="run directory (runs/NAME)")
     p.add_argument("--data", required=True, help="shards: a folder, a glob or a .tar")
     p.add_argument("--out", default=None, help="output .jsonl (default: RUN/scores.jsonl)")
     p.add_argument("--batch-size", type=at_least(2), default=None,
                    help="triplets per batch (in-batch negatives); default: the run's batch size")
+    p.add_argument("--order", default=None, choices=ORDERS,
+                   help=f"how batches are composed, one of {', '.join(ORDERS)}: 'shuffled' = a "
+                        "seeded permutation of all clips (training from the decoded cache, "
+                        "data.cache_dir); 'stream' = shards permuted, then the run's "
+                        "data.shuffle_buffer-clip shuffle buffer (training from the tars); "
+                        "'shard' = consecutive clips in shard order (whole videos per batch); "
+                        "'one-per-video' = no two clips of a video in a batch. Default: as the "
+                        "run's training composed them (shuffled with a cache_dir, else stream)")
+    p.add_argument("--k", type=at_least(1), default=None,
+                   help="MIL-NCE candidates per triplet (default: the run's data.candidates)")
+    p.add_argument("--scope", default="all",
+                   help="parameters of the gradient cosine 'cos': 'all' (every trainable "
+                        "parameter, the Harmonizer's own cosine), 'shared' (the parameters both "
+                        "losses reach) or a module prefix such as 'backbone'. The "
+                        "embedding-level cosine 'cos_emb' is always written")
+    p.add_argument("--kinds", default=None,
+                   help="comma list of misalignment kinds (text_noise/audio_noise values of "
+                        "KEY.json) to report AUROCs for; default: every kind the data holds")
+    p.add_argument("--cluster", default="video", choices=CLUSTERS,
+                   help="what the bootstrap resamples whole: videos (video_id), batches, or "
+                        "clips (i.i.d.)")
     p.add_argument("--limit", type=at_least(1), default=None,
                    help="score at most this many clips")
     p.add_argument("--n-boot", type=at_least(1), default=1000,
                    help="bootstrap resamples for the CIs")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batch order and bootstrap")
     p.add_argument("--allow-model-factory", metavar="MODULE:FUNCTION", default=None,
                    help="call this model factory when the run's config.yaml names it "
                         "(model.preset); it runs that function with the run's arguments, so "
                         "give it only for runs you trust")
-    p.add_argument("--examples", type=positive_float, default=0.05,
-                   help="fraction of clips kept at each end for the report's contact sheet")
+    p.add_argument("--examples", type=at_least(0, float), default=0.05,
+                   help="fraction of clips kept at each end for the report's contact sheet "
+                        "(0: none)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -324,11 +354,14 @@ def _examples(data, spec, rows: list[dict], fraction: float, path: Path) -> None
 def main_score(argv: list[str] | None = None) -> int:
     """Entry point of ``gradharmony score``; the arguments, the shards and the run are checked
     before anything is computed or written."""
+    from gradharmony.evaluate.clips import RawClips
+    from gradharmony.evaluate.order import same_video_pairs, training_order
     from gradharmony.evaluate.scoring import detection_aurocs, score_clips
 
     args = _score_parser().parse_args(argv)
-    require(args.examples <= 0.5, f"--examples: expected a fraction in (0, 0.5], "
+    require(args.examples <= 0.5, f"--examples: expected a fraction in [0, 0.5], "
             f"got {args.examples}")
+    kinds = [x.strip() for x in args.kinds.split(",") if x.strip()] if args.kinds else None
     _check_run(args.run)
     with input_errors("--data: "):
         shard_files(args.data)
@@ -339,30 +372,53 @@ def main_score(argv: list[str] | None = None) -> int:
     batch_size = args.batch_size or int(run.config.get("batch_size", 64))
     require(batch_size >= 2, f"--batch-size: expected >= 2 (in-batch negatives); the run's "
             f"batch size is {batch_size}")
-    skipped: dict[str, int] = {}
-    parts = iter_clipsets(args.data, run.spec, 1, batch_size, args.limit, False, skipped)
-    rows = score_clips(run.model, parts, run.tokenizer, batch_size, run.candidates,
-                       run.text_len, float(run.config.get("model", {}).get("temperature", 0.07)),
-                       device, not args.quiet)
+    k = args.k if args.k is not None else run.candidates
+    order = args.order or training_order(run.config)
+    buffer = int((run.config.get("data") or {}).get("shuffle_buffer", 64))
+    with input_errors("--data: "):
+        clips = RawClips(args.data, args.limit)
+    require(len(clips) > 0, f"--data {args.data!r} holds no clip with a video")
+    flags = [f for f in ("text_aligned", "audio_aligned") if all(f in m for m in clips.meta)]
+    if kinds is not None:
+        require(bool(flags), f"--kinds: the data at {args.data!r} holds no ground-truth flags "
+                "(text_aligned / audio_aligned in KEY.json)")
+        present = {str(m[f]) for m in clips.meta for f in ("text_noise", "audio_noise") if f in m}
+        bad = [x for x in kinds if x not in present]
+        require(not bad, f"--kinds: {bad} not found in the metadata; the data holds "
+                f"{sorted(present) or 'no text_noise/audio_noise kinds'}")
+    rows = score_clips(run.model, clips, run.tokenizer, batch_size, k, run.text_len,
+                       float(run.config.get("model", {}).get("temperature", 0.07)), device,
+                       not args.quiet, order=order, scope=args.scope, seed=args.seed,
+                       shuffle_buffer=buffer, spec=run.spec)
     out = Path(args.out) if args.out else run.dir / "scores.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    aurocs = detection_aurocs(rows, n_boot=args.n_boot, seed=args.seed)
+    aurocs = detection_aurocs(rows, n_boot=args.n_boot, seed=args.seed, cluster=args.cluster,
+                              kinds=kinds)
+    batches = {}
+    for r in rows:
+        batches.setdefault(r["batch"], []).append(r["video"])
+    pairs = same_video_pairs(list(batches.values()))
     summary = {"run": str(run.dir), "step": run.step, "data": str(args.data), "n": len(rows),
-               "batch_size": batch_size, "grouping": "consecutive clips in shard order, "
-               "in-batch negatives as in training", "granularity": "sample",
-               "model_mode": "eval", "skipped": skipped, "auroc": aurocs,
+               "batch_size": batch_size, "order": order,
+               "order_default": args.order is None, "shuffle_buffer": buffer, "k": k,
+               "scope": args.scope, "seed": args.seed, "cluster": args.cluster,
+               "same_video_pairs_per_batch": pairs, "granularity": "sample",
+               "model_mode": "eval", "skipped": clips.skipped, "auroc": aurocs,
                "auroc_positive_class": "misaligned (ground-truth flag false)",
                "score_directions": "low cos, low sim, high loss = misaligned"}
     out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
-    _examples(args.data, run.spec, rows, args.examples, out.with_suffix(".examples.npz"))
-    print(f"scored {len(rows)} clips in batches of {batch_size} -> {out}")
+    if args.examples > 0 and rows:
+        _examples(args.data, run.spec, rows, args.examples, out.with_suffix(".examples.npz"))
+    print(f"scored {len(rows)} clips in batches of {batch_size} (order {order}, k {k}, "
+          f"scope {args.scope}; {pairs:.1f} same-video pairs per batch) -> {out}")
     if not aurocs:
         print("no ground-truth alignment flags with both classes: AUROC not computed")
     for target, scores in aurocs.items():
-        print(f"AUROC for {target} (95% bootstrap CI, {args.n_boot} resamples, seed {args.seed}):")
+        print(f"AUROC for {target} (95% {args.cluster} bootstrap CI, {args.n_boot} resamples, "
+              f"seed {args.seed}):")
         for score, r in scores.items():
             print(f"  {score:>8}: {r['auroc']:.3f}  [{r['low']:.3f}, {r['high']:.3f}]  "
                   f"(n={r['n']}, misaligned={r['n_pos']})")

@@ -134,6 +134,50 @@ def _concat(parts: list[ClipSet], skipped: dict[str, int]) -> ClipSet:
                    [m for p in parts for m in p.meta], dict(skipped))
 
 
+def _decode_sample(sample: dict, spec: ClipSpec, windows: int,
+                   skipped: dict[str, int]) -> tuple | None:
+    """``(windows video, windows audio, has_audio, text, neighbors, label, key, meta)`` of a
+    raw sample, or None (counted in ``skipped``) when it does not decode."""
+    if "mp4" not in sample:
+        skipped["missing_mp4"] = skipped.get("missing_mp4", 0) + 1
+        return None
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    dur = _duration(sample["mp4"]) or spec.seconds
+    total_s = max(spec.seconds, dur)
+    n_frames = max(spec.frames, int(np.floor(total_s * spec.fps + 1e-9)))
+    full = ClipSpec(frames=n_frames, fps=spec.fps, size=spec.size, crop=spec.crop,
+                    audio_rate=spec.audio_rate,
+                    seconds=max(total_s, (n_frames - 1) / spec.fps))
+    try:
+        frames, audio, has_audio = decode_clip_raw(sample["mp4"], full, train=False)
+    except SampleError as err:
+        skipped[err.reason] = skipped.get(err.reason, 0) + 1
+        return None
+    c = spec.crop
+    top, left = (frames.shape[1] - c) // 2, (frames.shape[2] - c) // 2
+    frames = frames[:, top:top + c, left:left + c]
+    fs = window_starts(frames.shape[0], spec.frames, windows)
+    video = np.stack([frames[s:s + spec.frames] for s in fs])
+    n_s = spec.audio_samples
+    audio = np.pad(audio, (0, max(0, n_s - audio.shape[0])))
+    a_starts = [min(int(round(s / spec.fps * spec.audio_rate)), audio.shape[0] - n_s)
+                for s in fs]
+    audio = np.stack([audio[a:a + n_s] for a in a_starts]).astype(np.float32)
+    text = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
+    text = text or str(meta.get("text", meta.get("caption", "")))
+    neighbors = [n for n in meta.get("neighbors", []) if isinstance(n, str)]
+    lab = meta.get("label", -1)
+    return (video, audio, bool(has_audio), text, neighbors,
+            int(lab) if lab is not None else -1, str(sample["__key__"]), meta)
+
+
+def _clipset(decoded: list[tuple], skipped: dict[str, int]) -> ClipSet:
+    cols = list(zip(*decoded))
+    return ClipSet(np.stack(cols[0]), np.stack(cols[1]), np.array(cols[2]), list(cols[3]),
+                   list(cols[4]), np.array(cols[5], dtype=np.int64), list(cols[6]),
+                   list(cols[7]), skipped)
+
+
 def iter_clipsets(path, spec: ClipSpec, windows: int = 1, chunk: int = 64,
                   limit: int | None = None, progress: bool = True,
                   skipped: dict[str, int] | None = None) -> Iterator[ClipSet]:
@@ -154,63 +198,76 @@ def iter_clipsets(path, spec: ClipSpec, windows: int = 1, chunk: int = 64,
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     skipped = {} if skipped is None else skipped
     files = shard_files(path)
-    cols: dict[str, list] = {k: [] for k in ("v", "a", "h", "t", "n", "l", "k", "m")}
+    done: list[tuple] = []
     total = 0
-
-    def flush() -> ClipSet:
-        out = ClipSet(np.stack(cols["v"]), np.stack(cols["a"]), np.array(cols["h"]),
-                      list(cols["t"]), list(cols["n"]), np.array(cols["l"], dtype=np.int64),
-                      list(cols["k"]), list(cols["m"]), skipped)
-        for v in cols.values():
-            v.clear()
-        return out
-
     bar = tqdm(iter_samples(files), desc=f"decode {os.path.basename(str(path).rstrip('/'))}",
                disable=not progress, leave=False)
     for sample in bar:
         if limit is not None and total >= limit:
             break
-        if "mp4" not in sample:
-            skipped["missing_mp4"] = skipped.get("missing_mp4", 0) + 1
+        d = _decode_sample(sample, spec, windows, skipped)
+        if d is None:
             continue
-        meta = json.loads(sample["json"]) if "json" in sample else {}
-        dur = _duration(sample["mp4"]) or spec.seconds
-        total_s = max(spec.seconds, dur)
-        n_frames = max(spec.frames, int(np.floor(total_s * spec.fps + 1e-9)))
-        full = ClipSpec(frames=n_frames, fps=spec.fps, size=spec.size, crop=spec.crop,
-                        audio_rate=spec.audio_rate,
-                        seconds=max(total_s, (n_frames - 1) / spec.fps))
-        try:
-            frames, audio, has_audio = decode_clip_raw(sample["mp4"], full, train=False)
-        except SampleError as err:
-            skipped[err.reason] = skipped.get(err.reason, 0) + 1
-            continue
-        c = spec.crop
-        top, left = (frames.shape[1] - c) // 2, (frames.shape[2] - c) // 2
-        frames = frames[:, top:top + c, left:left + c]
-        fs = window_starts(frames.shape[0], spec.frames, windows)
-        cols["v"].append(np.stack([frames[s:s + spec.frames] for s in fs]))
-        n_s = spec.audio_samples
-        audio = np.pad(audio, (0, max(0, n_s - audio.shape[0])))
-        a_starts = [min(int(round(s / spec.fps * spec.audio_rate)), audio.shape[0] - n_s)
-                    for s in fs]
-        cols["a"].append(np.stack([audio[a:a + n_s] for a in a_starts]).astype(np.float32))
-        cols["h"].append(bool(has_audio))
-        text = sample["txt"].decode("utf-8").strip() if "txt" in sample else ""
-        cols["t"].append(text or str(meta.get("text", meta.get("caption", ""))))
-        cols["n"].append([n for n in meta.get("neighbors", []) if isinstance(n, str)])
-        lab = meta.get("label", -1)
-        cols["l"].append(int(lab) if lab is not None else -1)
-        cols["k"].append(str(sample["__key__"]))
-        cols["m"].append(meta)
+        done.append(d)
         total += 1
-        if len(cols["k"]) == chunk:
-            yield flush()
-    if cols["k"]:
-        yield flush()
+        if len(done) == chunk:
+            yield _clipset(done, skipped)
+            done = []
+    if done:
+        yield _clipset(done, skipped)
     if total == 0:
         raise ValueError(f"the split at {str(path)!r} is empty: no clip decoded "
                          f"(skipped: {skipped or 'none'})")
+
+
+class RawClips:
+    """The undecoded samples of a data set in shard order, decoded on demand in any order
+    (so that batches can be composed across the whole set with bounded memory).
+
+    ``keys``, ``meta`` (parsed ``KEY.json``) and ``shards`` (shard index of each sample) are
+    available without decoding. Samples without a video are dropped and counted in
+    ``skipped``; samples that fail to decode are counted when :meth:`decode` meets them.
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data.writer import write_shards
+        >>> d = tempfile.mkdtemp()
+        >>> _ = write_shards([{"__key__": "k0", "txt": "no video"}], d, prefix="s")
+        >>> RawClips(d).skipped
+        {'missing_mp4': 1}
+    """
+
+    def __init__(self, path, limit: int | None = None):
+        files = shard_files(path)
+        self.path = str(path)
+        self.skipped: dict[str, int] = {}
+        self.samples: list[dict] = []
+        self.shards: list[int] = []
+        for s, f in enumerate(files):
+            for sample in iter_samples([f]):
+                if limit is not None and len(self.samples) >= limit:
+                    break
+                if "mp4" not in sample:
+                    self.skipped["missing_mp4"] = self.skipped.get("missing_mp4", 0) + 1
+                    continue
+                self.samples.append(sample)
+                self.shards.append(s)
+        self.keys = [str(x["__key__"]) for x in self.samples]
+        self.meta = [json.loads(x["json"]) if "json" in x else {} for x in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def decode(self, idx, spec: ClipSpec, windows: int = 1) -> tuple[ClipSet | None, list[int]]:
+        """``(clips, kept)``: the samples ``idx`` that decode (in that order; ``kept`` are
+        their indices) as a :class:`ClipSet`, or ``(None, [])`` when none decodes."""
+        done, kept = [], []
+        for i in idx:
+            d = _decode_sample(self.samples[int(i)], spec, windows, self.skipped)
+            if d is not None:
+                done.append(d)
+                kept.append(int(i))
+        return (_clipset(done, self.skipped) if done else None), kept
 
 
 def load_clips(path, spec: ClipSpec, windows: int = 1, limit: int | None = None,

@@ -4,7 +4,8 @@ One step on each rank:
 
 1. ``out = model(batch)`` (bf16 autocast when ``precision=bf16``);
 2. ``L_va = nce(video_va, audio_va)``, ``L_vt = mil_nce(video_vt, text_vt)`` with clips
-   without narration masked out of ``L_vt``; both are global-batch losses under DDP;
+   without an audio track masked out of ``L_va`` and clips without narration out of
+   ``L_vt``; both are global-batch losses under DDP;
 3. ``stats = harm.backward({"va": L_va, "vt": L_vt}, step)`` leaves the harmonized (and,
    under DDP, all-reduced) update in ``p.grad``;
 4. ``optimizer.step()`` unless every group was dropped (then Adam's moments do not move) or
@@ -12,6 +13,11 @@ One step on each rank:
    ``max_nonfinite`` such steps in a row the run stops with :class:`NonFiniteError` and the
    last checkpoint, written before the streak, stays the last good one);
 5. the learning-rate schedule advances once per step, skipped or not.
+
+Every ``conflicts_every`` steps the per-group cosines are logged with the clip keys of the
+(global) batch and the per-triplet losses ``l_va``, ``l_vt`` (``conflicts/*.npz``), so that
+``gradharmony report`` can measure how well ``-cos`` and the loss detect misaligned triplets
+over training without any extra pass.
 
 A checkpoint holds everything a resumed run needs to continue bit-for-bit: model, optimizer,
 scheduler, harmonizer state (the GradVac EMA), the RNG states of every rank and the data
@@ -107,14 +113,44 @@ def build_batches(cfg: DictConfig, ctx: DistContext, vocab: Path | None = None):
     return ShardBatches(cfg, ctx.rank, ctx.world_size, vocab)
 
 
-def cma_losses(out: dict, batch: dict, temperature: float) -> dict[str, torch.Tensor]:
-    """The two cross-modal alignment losses of a model output: ``{"va": L_va, "vt": L_vt}``."""
-    from gradharmony.losses import mil_nce, nce
+def _masked_mean(per_triplet: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    # the losses' own reduction="mean": the sum over valid anchors divided by their number
+    return per_triplet.sum() / valid.sum().clamp(min=1)
 
-    loss_va = nce(out["video_va"].float(), out["audio_va"].float(), temperature=temperature)
-    loss_vt = mil_nce(out["video_vt"].float(), out["text_vt"].float(), temperature=temperature,
-                      candidate_mask=batch["candidate_mask"], sample_mask=batch["has_text"])
-    return {"va": loss_va, "vt": loss_vt}
+
+def per_triplet_losses(out: dict, batch: dict, temperature: float
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``({"va": L_va, "vt": L_vt}, {"va": l_va, "vt": l_vt})``: the two cross-modal alignment
+    losses and their per-triplet terms (``reduction="none"``; the global batch under DDP).
+
+    Clips without a usable audio track (``has_audio`` False) are masked out of ``L_va``, clips
+    without narration (``has_text`` False) out of ``L_vt``: they are neither anchors nor
+    negatives of that loss, and their per-triplet term is 0.
+    """
+    from gradharmony.losses import gather_with_grad, mil_nce, nce
+
+    has_audio = batch.get("has_audio")
+    if has_audio is None:
+        has_audio = torch.ones(out["video_va"].shape[0], dtype=torch.bool,
+                               device=out["video_va"].device)
+    has_audio = has_audio.to(torch.bool)
+    l_va = nce(out["video_va"].float(), out["audio_va"].float(), temperature=temperature,
+               sample_mask=has_audio, reduction="none")
+    l_vt = mil_nce(out["video_vt"].float(), out["text_vt"].float(), temperature=temperature,
+                   candidate_mask=batch["candidate_mask"], sample_mask=batch["has_text"],
+                   reduction="none")
+    valid_va = gather_with_grad(has_audio)
+    valid_vt = gather_with_grad(batch["has_text"].to(torch.bool)
+                                & batch["candidate_mask"].any(dim=1))
+    losses = {"va": _masked_mean(l_va, valid_va), "vt": _masked_mean(l_vt, valid_vt)}
+    return losses, {"va": l_va, "vt": l_vt}
+
+
+def cma_losses(out: dict, batch: dict, temperature: float) -> dict[str, torch.Tensor]:
+    """The two cross-modal alignment losses of a model output: ``{"va": L_va, "vt": L_vt}``
+    (``L_va`` over clips with audio, ``L_vt`` over clips with narration; see
+    :func:`per_triplet_losses`)."""
+    return per_triplet_losses(out, batch, temperature)[0]
 
 
 def _advance(scheduler) -> None:
@@ -141,6 +177,16 @@ def _gather_cos(cos: torch.Tensor, ctx: DistContext, per_group_global: bool) -> 
         dist.all_gather(parts, cos.contiguous())
         cos = torch.cat(parts)
     return cos.cpu().numpy()
+
+
+def _gather_keys(keys: list[str], ctx: DistContext) -> list[str]:
+    """The clip keys of the global batch, in the rows of the gathered per-triplet losses."""
+    keys = [str(k) for k in keys]
+    if not ctx.distributed:
+        return keys
+    parts: list = [None] * ctx.world_size
+    dist.all_gather_object(parts, keys)
+    return [k for part in parts for k in part]
 
 
 def resolve_model_kwargs(cfg: DictConfig, vocab_size: int | None) -> DictConfig:
@@ -291,7 +337,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
                 out = forward(batch)
             # every rank takes the same branch: the losses and harm.backward are collectives
             finite = _agree(all(bool(torch.isfinite(out[k]).all()) for k in EMBEDDINGS), ctx)
-            losses = cma_losses(out, batch, cfg.model.temperature) if finite else {}
+            losses, per = per_triplet_losses(out, batch, cfg.model.temperature) if finite \
+                else ({}, {})
             del out  # the graph goes with the losses below, before the next forward
             total = (losses["va"].detach() + losses["vt"].detach()) if finite else \
                 torch.tensor(float("nan"))
@@ -302,6 +349,7 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
                 stats = harm.backward(losses, step=step, batch_size=len(batch["video"]))
                 finite = _agree(_grads_finite(params), ctx)
             del losses
+            per = {k: v.detach().float().cpu().numpy() for k, v in per.items()}
             if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 counts["skipped_nonfinite"] += 1
@@ -340,8 +388,10 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
             window["loss"].append(float(total))
             window["va"].append(values["va"])
             window["vt"].append(values["vt"])
-            if log is not None and cfg.conflicts_every and step % cfg.conflicts_every == 0:
-                log.conflicts(step, cos)
+            if cfg.conflicts_every and step % cfg.conflicts_every == 0:
+                keys = _gather_keys(batch["key"], ctx) if "key" in batch else None
+                if log is not None:
+                    log.conflicts(step, cos, keys=keys, loss_va=per["va"], loss_vt=per["vt"])
 
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
                 elapsed = time.perf_counter() - window["t0"]

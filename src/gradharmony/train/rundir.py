@@ -2,8 +2,9 @@
 
 Layout of ``runs/NAME/``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged
 step), ``conflicts/`` (``cos_<first>-<last>.npz`` with one ``step_<t>`` array of per-group
-cosines per recorded step, flushed at each checkpoint), ``tb/``, ``checkpoints/``,
-``vocab.json``.
+cosines per recorded step and, since keys are logged, ``keys_<t>`` (the clip keys of the
+batch), ``loss_va_<t>``, ``loss_vt_<t>`` (per-triplet losses); flushed at each
+checkpoint), ``tb/``, ``checkpoints/``, ``vocab.json``.
 
 Example:
     >>> import tempfile
@@ -54,14 +55,24 @@ class RunLog:
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
 
-    def conflicts(self, step: int, cos: np.ndarray) -> None:
-        """Buffer the per-group cosines of one step (written at the next :meth:`flush`)."""
-        self._cos[f"step_{int(step)}"] = np.asarray(cos, dtype=np.float32)
+    def conflicts(self, step: int, cos: np.ndarray, keys: list[str] | None = None,
+                  loss_va: np.ndarray | None = None, loss_vt: np.ndarray | None = None) -> None:
+        """Buffer the per-group cosines of one step (written at the next :meth:`flush`), with
+        the clip keys of the batch and the per-triplet losses when given (one per triplet,
+        in the batch's row order; at ``granularity="sample"`` row ``i`` of each is triplet
+        ``i`` of ``cos``)."""
+        t = int(step)
+        self._cos[f"step_{t}"] = np.asarray(cos, dtype=np.float32)
+        if keys is not None:
+            self._cos[f"keys_{t}"] = np.asarray([str(k) for k in keys], dtype=np.str_)
+        for name, v in (("loss_va", loss_va), ("loss_vt", loss_vt)):
+            if v is not None:
+                self._cos[f"{name}_{t}"] = np.asarray(v, dtype=np.float32)
 
     def flush(self) -> None:
         """Write the buffered cosines as one ``.npz`` and flush TensorBoard."""
         if self._cos:
-            steps = [int(k[5:]) for k in self._cos]
+            steps = [int(k[5:]) for k in self._cos if k.startswith("step_")]
             name = f"cos_{min(steps):08d}-{max(steps):08d}.npz"
             tmp = self.dir / "conflicts" / f".{name}.tmp.npz"
             np.savez(tmp, **self._cos)
@@ -104,12 +115,32 @@ def truncate_metrics(run_dir: str | os.PathLike, after_step: int) -> None:
 
 
 def load_conflicts(run_dir: str | os.PathLike) -> dict[int, np.ndarray]:
-    """Every recorded step's per-group cosines, as ``{step: array}`` sorted by step (read
-    with ``allow_pickle=False``: an archive holding pickled objects is refused)."""
+    """Every recorded step's per-group cosines, as ``{step: array}`` sorted by step."""
+    return {t: r["cos"] for t, r in load_conflict_records(run_dir).items()}
+
+
+def load_conflict_records(run_dir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
+    """Every recorded step as ``{step: {"cos": ..., "keys": ..., "loss_va": ...,
+    "loss_vt": ...}}`` sorted by step; files written before keys and losses were logged
+    give ``{"cos": ...}`` only. Read with ``allow_pickle=False``: an archive holding pickled
+    objects is refused.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> log = RunLog(d, tensorboard=False)
+        >>> log.conflicts(3, np.array([0.5, -0.5]), keys=["a", "b"], loss_va=np.ones(2))
+        >>> log.close()
+        >>> r = load_conflict_records(d)[3]
+        >>> sorted(r), r["keys"].tolist()
+        (['cos', 'keys', 'loss_va'], ['a', 'b'])
+    """
     from gradharmony.train.runfiles import read_npz
 
-    out: dict[int, np.ndarray] = {}
+    out: dict[int, dict[str, np.ndarray]] = {}
     for f in sorted((Path(run_dir) / "conflicts").glob("cos_*.npz")):
         for k, v in read_npz(f).items():
-            out[int(k[5:])] = v
+            name, _, t = k.rpartition("_")
+            field = "cos" if name == "step" else name
+            out.setdefault(int(t), {})[field] = v
     return dict(sorted(out.items()))

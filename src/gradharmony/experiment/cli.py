@@ -1,0 +1,34 @@
+"""``gradharmony experiment NAME ...``: resumable experiments (see
+:mod:`gradharmony.experiment`). Experiments: ``evidence``.
+
+Example:
+    >>> main(["--help"])
+    usage: gradharmony experiment {evidence} [options]
+    0
+    >>> main(["nosuch"])
+    Traceback (most recent call last):
+    ...
+    gradharmony.errors.InputError: unknown experiment 'nosuch'; choose from: evidence
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from gradharmony.errors import InputError
+
+#: experiment name -> module with main(argv)
+EXPERIMENTS = {"evidence": "gradharmony.experiment.evidence"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``gradharmony experiment``."""
+    argv = list(argv or [])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: gradharmony experiment {{{','.join(EXPERIMENTS)}}} [options]")
+        return 0
+    if not argv:
+        raise InputError(f"expected an experiment name; choose from: {', '.join(EXPERIMENTS)}")
+    if argv[0] not in EXPERIMENTS:
+        raise InputError(f"unknown experiment {argv[0]!r}; choose from: {', '.join(EXPERIMENTS)}")
+    return int(importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:]) or 0)
