@@ -271,8 +271,8 @@ def test_generate_rejects_bad_sizes(tmp_path):
     assert not Path(tmp_path, "info.json").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("neighbors, k", [("none", 1), ("random", 3)])
+@pytest.mark.parametrize("neighbors, k", [
+    ("none", 1), pytest.param("random", 3, marks=pytest.mark.slow)])
 def test_training_on_the_study_preset_with_k_candidates(tmp_path, neighbors, k):
     """configs/study.yaml at toy sizes trains on generated shards with k = 1 (plain NCE on the
     own narration) and with MIL-NCE bags of random-clip neighbours."""
