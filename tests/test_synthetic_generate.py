@@ -14,7 +14,8 @@ from gradharmony.data.cli_synthetic import main
 from gradharmony.data.synthetic import av_classification_arrays
 from gradharmony.data.synthetic.events import MOTIONS, SHAPES
 from gradharmony.data.synthetic.generate import generate, render_planned_clip
-from gradharmony.data.synthetic.plan import ClipSize
+from gradharmony.data.synthetic.oracle import oracle_levels
+from gradharmony.data.synthetic.plan import ClipSize, noise_config, plan_split
 
 SMALL = {"clips": 10, "retrieval": 4, "probe": (4, 3), "av": (4, 3), "clips_per_shard": 4}
 
@@ -61,6 +62,13 @@ def test_layout_and_info(dataset):
     assert info["splits"]["action"]["class_names"] == list(MOTIONS)
     assert len(info["splits"]["sound"]["class_names"]) == len(SHAPES)
     assert info["splits"]["av"]["test"]["first_index"] == 4
+    rates = info["splits"]["train"]["rates"]
+    assert set(rates) - {"text_noise", "audio_noise"} <= {
+        "same_object_shift", "other_object_shift", "off_topic", "unrelated_audio", "music"}
+    assert info["noise"]["kind_rates"] == pytest.approx(noise_config("wild").kind_rates())
+    # the oracle levels of the retrieval split are those of its plan
+    want = oracle_levels(plan_split("retrieval", 4, seed=7))
+    assert info["splits"]["retrieval"]["oracles"] == json.loads(json.dumps(want))
     for split in ("train", "retrieval"):
         assert all((out / p).is_file() for p in info["splits"][split]["shards"])
 
@@ -206,7 +214,35 @@ def test_cli(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
 
 
+def test_cli_kinds_neighbours_and_oracles(tmp_path, capsys):
+    out = tmp_path / "kinds"
+    args = ["synthetic", "--out", str(out), "--seed", "2", "--clips", "40", "--preset", "clean",
+            "--off-topic", "0.25", "--other-object-shift", "0.1", "--music", "0.2",
+            "--neighbors", "none", "--retrieval-clips", "12", "--probe-clips", "0", "0",
+            "--av-clips", "0", "0", "--frames", "2", "--size", "16", "--sample-rate", "8000",
+            "--workers", "0", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "oracle retrieval" in printed and "colour+shape" in printed
+    info = json.loads((out / "info.json").read_text())
+    rates = info["splits"]["train"]["rates"]
+    assert rates["off_topic"] == 0.25 and rates["other_object_shift"] == 0.1
+    assert rates["music"] == 0.2 and "same_object_shift" not in rates
+    assert info["noise"]["neighbors"] == "none"
+    metas = [json.loads(f["json"]) for f in _split(out, "train").values()]
+    assert all(m["neighbors"] == [] for m in metas)
+    kinds = {m["text_noise"] for m in metas} | {m["audio_noise"] for m in metas}
+    assert kinds == {"aligned", "off_topic", "other_object_shift", "music"}
+    assert set(info["splits"]["retrieval"]["oracles"]) == {"object", "colour+shape", "full",
+                                                           "tie_rule"}
+
+
 @pytest.mark.parametrize("extra, message", [
+    (["--preset", "clean", "--clips", "10", "--other-object-shift", "0.9"],
+     "other_object_shift: 9 of 10 clips requested"),
+    (["--off-topic", "0.2", "--text-noise", "0.3"], "cannot be combined"),
+    (["--music", "1.5"], "music"),
+    (["--other-object-share", "2"], "other_object_share"),
     (["--text-noise", "-0.2"], "text_noise"),
     (["--audio-noise", "1.2"], "audio_noise"),
     (["--clips", "-3"], "clips"),
@@ -221,6 +257,8 @@ def test_cli_bad_arguments(tmp_path, capsys, extra, message):
 def test_cli_unknown_preset_and_kind(tmp_path, capsys):
     assert main(["synthetic", "--out", str(tmp_path), "--preset", "youtube"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+    assert main(["synthetic", "--out", str(tmp_path), "--neighbors", "adjacent"]) == 2
+    assert "--neighbors: invalid choice" in capsys.readouterr().err
     assert main(["imagenet"]) == 2
     assert "unknown kind" in capsys.readouterr().err
 
@@ -231,3 +269,32 @@ def test_generate_rejects_bad_sizes(tmp_path):
     with pytest.raises(ValueError, match="preset"):
         generate(tmp_path, clips=2, noise="noisy", progress=False)
     assert not Path(tmp_path, "info.json").exists()
+
+
+@pytest.mark.parametrize("neighbors, k", [
+    ("none", 1), pytest.param("random", 3, marks=pytest.mark.slow)])
+def test_training_on_the_study_preset_with_k_candidates(tmp_path, neighbors, k):
+    """configs/study.yaml at toy sizes trains on generated shards with k = 1 (plain NCE on the
+    own narration) and with MIL-NCE bags of random-clip neighbours."""
+    from gradharmony.train.config import load_config
+    from gradharmony.train.loop import pretrain
+
+    data = tmp_path / "data"
+    generate(data, seed=1, clips=16, noise=noise_config("clean", off_topic=0.25,
+                                                        neighbors=neighbors),
+             retrieval=2, probe=(0, 0), av=(0, 0), workers=0, progress=False,
+             size=ClipSize(frames=4, fps=8.0, size=16, sample_rate=8000))
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "study.yaml", [
+        f"data.mixture=[{{shards: {data / 'train'}, weight: 1.0, has_text: true}}]",
+        "data.cache_dir=null", "data.frames=4", "data.fps=8.0", "data.size=16", "data.crop=16",
+        "data.audio_rate=8000", "data.clip_seconds=0.5", "data.text_len=8",
+        f"data.candidates={k}", "model.kwargs.video_patch=[2,8,8]",
+        "model.kwargs.audio_patch=128", "model.kwargs.depth=1", "model.kwargs.width=32",
+        "model.kwargs.heads=2", "model.kwargs.mlp_dim=64", "batch_size=4", "steps=2",
+        "log_every=1", "ckpt_every=2", f"run_dir={tmp_path / 'runs'}", "name=k"])
+    pretrain(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "runs/k/metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["step"] for r in rows][-1] == 1
+    assert all(np.isfinite(r["loss_vt"]) and r.get("skipped_nonfinite", 0) == 0
+               for r in rows)

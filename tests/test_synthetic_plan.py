@@ -12,7 +12,14 @@ from gradharmony.data.synthetic.narration import (
     MOTION_WORDS,
     SHAPE_WORDS,
 )
-from gradharmony.data.synthetic.plan import PRESETS, NoiseConfig, noise_config, plan_split
+from gradharmony.data.synthetic.plan import (
+    AUDIO_KINDS,
+    PRESETS,
+    TEXT_KINDS,
+    NoiseConfig,
+    noise_config,
+    plan_split,
+)
 
 N = 3000
 
@@ -31,10 +38,12 @@ def test_noise_rates_match_request(text, audio, shift, music):
     clips = plan_split("train", N, seed=1, noise=noise)
     t = Counter(c["text_noise"] for c in clips)
     a = Counter(c["audio_noise"] for c in clips)
+    assert set(t) <= set(TEXT_KINDS) and set(a) <= set(AUDIO_KINDS)
+    shifted = t["same_object_shift"] + t["other_object_shift"]
     # counts are exact up to rounding: well within one clip of the requested fraction
-    assert abs((t["shifted"] + t["off_topic"]) / N - text) <= 1 / N
-    assert abs(t["shifted"] / N - text * shift) <= 2 / N
-    assert abs((a["music"] + a["unrelated"]) / N - audio) <= 1 / N
+    assert abs((shifted + t["off_topic"]) / N - text) <= 1 / N
+    assert abs(shifted / N - text * shift) <= 2 / N
+    assert abs((a["music"] + a["unrelated_audio"]) / N - audio) <= 1 / N
     assert abs(a["music"] / N - audio * music) <= 2 / N
     # the boolean ground truth agrees with the kind
     assert all(c["text_aligned"] == (c["text_noise"] == "aligned") for c in clips)
@@ -44,6 +53,10 @@ def test_noise_rates_match_request(text, audio, shift, music):
 def test_text_and_audio_noise_are_independent(howto):
     both = sum(not c["text_aligned"] and not c["audio_aligned"] for c in howto) / N
     assert both == pytest.approx(0.5 * 0.1, abs=0.02)
+
+
+def _obj(event):
+    return event["shape"], event["colour"]
 
 
 def _mentions(text, phrases):
@@ -61,9 +74,11 @@ def test_narrations_match_their_ground_truth(howto):
             assert c["text_source_clip"] is None
             continue
         src = c if kind == "aligned" else by_key[(c["video_id"], c["text_source_clip"])]
-        if kind == "shifted":
+        if kind != "aligned":  # howto: shifts go to the adjacent segment
             assert abs(c["text_source_clip"] - c["clip_index"]) == 1
             assert src["event"]["motion"] != c["event"]["motion"]
+            same = _obj(src["event"]) == _obj(c["event"])
+            assert kind == ("same_object_shift" if same else "other_object_shift")
         ev = src["event"]
         motion_phrases = [p for pair in MOTION_WORDS[ev["motion"]] for p in pair]
         assert _mentions(c["txt"], motion_phrases), (c["txt"], ev)
@@ -112,7 +127,7 @@ def test_adjacent_segments_differ_in_motion_and_labels(howto):
 
 
 def test_unrelated_audio_differs_in_shape_and_motion(howto):
-    unrelated = [c for c in howto if c["audio_noise"] == "unrelated"]
+    unrelated = [c for c in howto if c["audio_noise"] == "unrelated_audio"]
     assert unrelated
     for c in unrelated:
         assert c["audio_event"]["shape"] != c["event"]["shape"]

@@ -3,6 +3,8 @@ with ground-truth misalignment at chosen rates (DESIGN.md §5). See ``docs/synth
 
 - :func:`av_classification_arrays`: the audio-visual classification set (audio dominates) as
   in-memory arrays, without encoding.
+- :func:`noise_config` / :class:`NoiseConfig`: misalignment kinds, rates and candidate bags.
+- :func:`oracle_levels`: the retrieval of attribute oracles on planned clips.
 
 Example:
     >>> from gradharmony.data.synthetic import av_classification_arrays
@@ -13,13 +15,18 @@ Example:
 
 from .avclass import AVConfig, av_classification_arrays, av_sample
 from .events import COLOURS, MOTIONS, SHAPES, Event
+from .oracle import oracle_levels
+from .plan import NoiseConfig, noise_config
 
 __all__ = [
     "AVConfig",
     "COLOURS",
     "Event",
     "MOTIONS",
+    "NoiseConfig",
     "SHAPES",
     "av_classification_arrays",
     "av_sample",
+    "noise_config",
+    "oracle_levels",
 ]

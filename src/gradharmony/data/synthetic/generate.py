@@ -7,7 +7,8 @@ Layout under ``out_dir`` (every split in the shard format of DESIGN.md §5)::
     action/train-*.tar, action/test-*.tar   video classification, label = motion (8 classes)
     sound/train-*.tar,  sound/test-*.tar    audio classification, label = timbre (7 classes)
     av/train-*.tar,     av/test-*.tar       audio-visual classification, audio dominant
-    info.json                           sizes, rates asked and obtained, classes, counts, seed
+    info.json                           sizes, rates asked and obtained, classes, counts, seed,
+                                        oracle retrieval levels of the retrieval split
 
 ``action`` and ``sound`` hold the same clean clips (same keys and mp4 bytes) labelled two ways;
 their train and test parts come from different videos. ``av`` clips have no ``.txt``
@@ -45,6 +46,7 @@ from ..writer import ShardWriter, encode_mp4
 from .avclass import AVConfig, av_sample
 from .events import COLOURS, MOTIONS, SHAPE_TIMBRE, SHAPES, Event
 from .narration import MAX_WORDS
+from .oracle import oracle_levels
 from .plan import ClipSize, NoiseConfig, noise_config, plan_split
 from .render import render_clip
 from .sound import clip_audio, event_sound, music
@@ -52,7 +54,7 @@ from .sound import clip_audio, event_sound, music
 __all__ = ["SPLIT_DIRS", "generate", "render_planned_clip"]
 
 SPLIT_DIRS = ("train", "retrieval", "action", "sound", "av")
-VERSION = 1
+VERSION = 2  # 2: text/audio noise kinds of the shared contract, neighbour modes, oracles
 
 
 def render_planned_clip(clip: dict, size: ClipSize) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +78,7 @@ def render_planned_clip(clip: dict, size: ClipSize) -> tuple[np.ndarray, np.ndar
     kind = clip["audio_noise"]
     if kind == "aligned":
         source = event_sound(event, size.sample_rate, size.n_samples, rng)
-    elif kind == "unrelated":
+    elif kind in ("unrelated_audio", "unrelated"):  # "unrelated": plans of version 1
         source = event_sound(Event.from_dict(clip["audio_event"]), size.sample_rate,
                              size.n_samples, rng)
     elif kind == "music":
@@ -129,15 +131,14 @@ def _write(out: Path, prefix: str, samples: Iterable[dict], per_shard: int) -> l
 
 
 def _rates(clips: list[dict]) -> dict:
+    """Obtained rates: overall text and audio noise, and one entry per kind present."""
     n = max(len(clips), 1)
     t = Counter(c["text_noise"] for c in clips)
     a = Counter(c["audio_noise"] for c in clips)
-    return {
-        "text_noise": 1 - t["aligned"] / n, "shifted": t["shifted"] / n,
-        "off_topic": t["off_topic"] / n,
-        "audio_noise": 1 - a["aligned"] / n, "unrelated": a["unrelated"] / n,
-        "music": a["music"] / n,
-    }
+    out = {"text_noise": 1 - t["aligned"] / n, "audio_noise": 1 - a["aligned"] / n}
+    out.update({k: v / n for k, v in sorted(t.items()) if k != "aligned"})
+    out.update({k: v / n for k, v in sorted(a.items()) if k != "aligned"})
+    return out
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:
@@ -227,7 +228,8 @@ def generate(
                    (_sample(c, m) for c, m in zip(ret, encode(ret, "retrieval"))),
                    clips_per_shard)
     splits["retrieval"] = {"clips": len(ret), "videos": len({c["video_id"] for c in ret}),
-                           "shards": [os.path.relpath(p, out) for p in paths]}
+                           "shards": [os.path.relpath(p, out) for p in paths],
+                           "oracles": oracle_levels(ret) if ret else {}}
 
     timbres = [SHAPE_TIMBRE[s] for s in SHAPES]
     splits["action"] = {"label": "motion", "class_names": list(MOTIONS)}
@@ -268,7 +270,7 @@ def generate(
         "seed": int(seed),
         "sizes": {**asdict(size), "seconds": size.duration, "audio_samples": size.n_samples,
                   "max_words": max_words, "segments_per_video": list(segments)},
-        "noise": asdict(noise),
+        "noise": {**asdict(noise), "kind_rates": noise.kind_rates()},
         "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS),
                        "motions": list(MOTIONS), "timbres": timbres},
         "splits": splits,
