@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from gradharmony.data.text import TextTokenizer
 from gradharmony.data.writer import write_shards
+from gradharmony.errors import InputError
 from gradharmony.evaluate.auroc import auroc, bootstrap_auroc, cluster_bootstrap_auroc
 from gradharmony.evaluate.cli import main_score
 from gradharmony.evaluate.gradients import (
@@ -322,8 +323,9 @@ def test_score_bad_options_are_clear_errors(scored):
             "--examples", "0", "--n-boot", "10"]
     with pytest.raises(SystemExit):  # argparse choices: one line, exit 2
         main_score([*base, "--order", "random"])
-    with pytest.raises(ValueError, match="--scope 'nosuch' matches no trainable parameter"):
-        main_score([*base, "--scope", "nosuch"])
+    with pytest.raises(InputError, match="--scope 'nosuch' matches no trainable parameter"):
+        main_score([*base, "--scope", "nosuch"])  # an input error: one line from the CLI
+    assert not (scored / "bad.jsonl").exists()
     with pytest.raises(ValueError, match="--kinds: \\['nosuch'\\] not found"):
         main_score([*base, "--kinds", "nosuch"])
     with pytest.raises(SystemExit):

@@ -369,6 +369,11 @@ def main_score(argv: list[str] | None = None) -> int:
         writable_path("--out", args.out, "file")
     device = _device(args.device)
     run = _load_run(args.run, device, args.allow_model_factory)
+    if args.scope not in ("all", "shared"):  # a prefix: checked before any clip is decoded
+        from gradharmony.evaluate.gradients import scope_parameters
+
+        with input_errors():
+            scope_parameters(run.model, args.scope)
     batch_size = args.batch_size or int(run.config.get("batch_size", 64))
     require(batch_size >= 2, f"--batch-size: expected >= 2 (in-batch negatives); the run's "
             f"batch size is {batch_size}")
