@@ -22,6 +22,13 @@ over training without any extra pass.
 A checkpoint holds everything a resumed run needs to continue bit-for-bit: model, optimizer,
 scheduler, harmonizer state (the GradVac EMA), the RNG states of every rank and the data
 position (the next step; batch streams are functions of the step).
+
+The pieces: :func:`~gradharmony.train.state.build_state` sets up a
+:class:`~gradharmony.train.state.TrainState` (fresh or from a checkpoint),
+:func:`~gradharmony.train.step.train_step` runs steps 1-5 on it,
+:class:`~gradharmony.train.metrics_window.MetricsWindow` averages the logged metrics and
+:func:`~gradharmony.train.state.save_state` writes the checkpoint; :func:`pretrain` joins them
+with the run directory.
 """
 
 from __future__ import annotations

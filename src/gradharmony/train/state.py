@@ -74,6 +74,21 @@ def _model_on_device(cfg: DictConfig, ctx: DistContext) -> torch.nn.Module:
     return model
 
 
+def make_harmonizer(cfg: DictConfig, model: torch.nn.Module) -> Harmonizer:
+    """The :class:`~gradharmony.harmonize.Harmonizer` of ``model`` the config asks for
+    (``method``, ``granularity``, the gamma schedule over ``steps``, ``seed``).
+
+    Example:
+        >>> from gradharmony.train.config import load_config
+        >>> cfg = load_config(overrides=["data.kind=random", "method=gr", "granularity=sample"])
+        >>> harm = make_harmonizer(cfg, torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        >>> harm.method, harm.granularity
+        ('gr', 'sample')
+    """
+    return Harmonizer(model, method=cfg.method, granularity=parse_granularity(cfg.granularity),
+                      gamma=(cfg.gamma0, cfg.gamma_end), total_steps=cfg.steps, seed=cfg.seed)
+
+
 def _restore(state: TrainState, ckpt: dict) -> None:
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
@@ -110,10 +125,7 @@ def build_state(cfg: DictConfig, ctx: DistContext, ckpt: dict | None = None, *,
     """
     torch.manual_seed(cfg.seed)
     model = _model_on_device(cfg, ctx)
-    harmonizer = Harmonizer(model, method=cfg.method,
-                            granularity=parse_granularity(cfg.granularity),
-                            gamma=(cfg.gamma0, cfg.gamma_end), total_steps=cfg.steps,
-                            seed=cfg.seed)
+    harmonizer = make_harmonizer(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     o = cfg.optim
     optimizer = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
