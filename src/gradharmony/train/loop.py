@@ -175,7 +175,8 @@ def pretrain(cfg: DictConfig, batches=None, progress: bool = True) -> dict:
     validate(cfg, world_size=ctx.world_size)
     cfg, ckpt, vocab = _prepare_run_dir(cfg, ctx)
     state = build_state(cfg, ctx, ckpt, vocab=vocab, batches=batches)
-    start, log = state.step, RunLog(run_path(cfg), tensorboard=True) if ctx.is_main else None
+    start = state.step
+    log = RunLog(run_path(cfg), tensorboard=True) if ctx.is_main else None
     window, last, t_start, clips = MetricsWindow(), {}, time.perf_counter(), 0
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and ctx.is_main),
                desc=f"pretrain {cfg.name}", dynamic_ncols=True, file=sys.stderr)
