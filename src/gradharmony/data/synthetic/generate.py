@@ -1,6 +1,6 @@
 """Render planned clips and write the benchmark as WebDataset shards, plus ``info.json``.
 
-Layout under ``out_dir`` (every split in the shard format of DESIGN.md §5)::
+Layout under ``out_dir`` (every split in the shard layout of docs/data.md)::
 
     train/train-000000.tar ...          noisy training clips (the chosen rates)
     retrieval/retrieval-000000.tar ...  clean video-text pairs
