@@ -20,7 +20,7 @@ from gradharmony.cli import (
     positive_float,
     writable_path,
 )
-from gradharmony.data.dataset import ShardSet
+from gradharmony.data.sources import ShardSet
 from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, iter_tar_groups
 
 

@@ -207,7 +207,7 @@ def _expand(pattern: str) -> list[str]:
     from gradharmony.data.streams import is_url
 
     if is_url(pattern):
-        from gradharmony.data.dataset import ShardSet
+        from gradharmony.data.sources import ShardSet
 
         return ShardSet(pattern).paths()
     if os.path.isdir(pattern):
