@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from gradharmony.evaluate.run import clip_spec
+
 
 def shard_pattern(shards: str) -> str:
     """A directory means its ``*.tar`` files; anything else is a glob or brace pattern, or
@@ -24,21 +26,6 @@ def shard_pattern(shards: str) -> str:
         ('/tmp/*.tar', 'a/train-{0..3}.tar')
     """
     return os.path.join(shards, "*.tar") if os.path.isdir(shards) else shards
-
-
-def clip_spec(cfg: DictConfig):
-    """The :class:`gradharmony.data.ClipSpec` of a config's ``data`` section.
-
-    Example:
-        >>> from gradharmony.train.config import load_config
-        >>> clip_spec(load_config(overrides=["data.kind=random"])).audio_samples
-        32000
-    """
-    from gradharmony.data import ClipSpec
-
-    d = cfg.data
-    return ClipSpec(frames=d.frames, fps=d.fps, size=d.size, crop=d.crop,
-                    audio_rate=d.audio_rate, seconds=d.clip_seconds)
 
 
 def build_vocab(cfg: DictConfig, out: str | Path) -> Path:
