@@ -1,4 +1,4 @@
-"""The package as a whole: no import circle between its modules.
+"""The package as a whole: no import circle between its modules, one meaning per public name.
 
 Imports are read with ``ast`` (nothing is executed). ``from package import name`` is an edge
 to the submodule ``package.name`` when one exists, to ``package`` otherwise. Module-level
@@ -114,3 +114,37 @@ def test_the_data_package_has_no_circle_even_through_imports_inside_functions():
             for m, e in graph.items() if m.startswith("gradharmony.data.")}
     assert "gradharmony.data.dataset" in data["gradharmony.data.throughput"]
     assert cycles(data) == []
+
+
+#: public names still defined in two modules, each with the module that should give way
+TWO_MEANINGS = {
+    "METHODS": "balance.trainer (the balance methods; harmonize's are the gradient methods)",
+    "MODALITIES": "balance.trainer (audio/visual; models.vatt's are video/audio/text)",
+    "linear_probe": "balance.trainer (returns a float; evaluate.probe's returns a dict)",
+    "build_model": "train.loop (evaluate.run.build_model builds the same model)",
+    "EMBEDDINGS": "train.loop (the same tuple as evaluate.gradients.EMBEDDINGS)",
+    "DEFAULT_DATA": "experiment.tables (data/study; evaluate.cli's is data/synthetic)",
+}
+
+
+def public_definitions(src: Path) -> dict[str, list[str]]:
+    """Public classes, functions and upper-case constants defined at module level, by name
+    (``main`` aside: every command module has one)."""
+    out: dict[str, list[str]] = {}
+    for name, (path, _) in module_files(src).items():
+        for node in ast.parse(path.read_text()).body:
+            names = []
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name) and t.id.isupper()]
+            for n in names:
+                if not n.startswith("_") and n != "main":
+                    out.setdefault(n, []).append(name)
+    return out
+
+
+def test_each_public_name_means_one_thing():
+    twice = {n: m for n, m in public_definitions(SRC).items() if len(m) > 1}
+    assert {n: m for n, m in twice.items() if n not in TWO_MEANINGS} == {}
+    assert sorted(n for n in TWO_MEANINGS if n not in twice) == []  # fixed: drop it from the list

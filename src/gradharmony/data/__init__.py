@@ -14,7 +14,7 @@ Names are imported on first use, so ``import gradharmony.data`` stays cheap.
 - :func:`encode_mp4`, :class:`ShardWriter`, :func:`write_shards`: writing shards
 - :func:`generate_synthetic` (``gradharmony.data.synthetic.generate.generate``),
   :class:`ClipSize`, :class:`NoiseConfig`, :func:`noise_config`,
-  :func:`av_classification_arrays`, :class:`AVConfig`: the synthetic benchmark
+  :func:`av_classification_arrays`, :class:`AVClassConfig`: the synthetic benchmark
 
 Example:
     >>> from gradharmony.data import ClipSpec
@@ -40,7 +40,7 @@ _EXPORTS = {
     **{n: ("writer", n) for n in ("encode_mp4", "ShardWriter", "write_shards")},
     "generate_synthetic": ("synthetic.generate", "generate"),
     **{n: ("synthetic.plan", n) for n in ("ClipSize", "NoiseConfig", "noise_config")},
-    **{n: ("synthetic", n) for n in ("av_classification_arrays", "AVConfig")},
+    **{n: ("synthetic", n) for n in ("av_classification_arrays", "AVClassConfig")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,13 +14,13 @@ Example:
     ['audio', 'label', 'video']
 """
 
-from .avclass import AVConfig, av_classification_arrays, av_sample
+from .avclass import AVClassConfig, av_classification_arrays, av_sample
 from .events import COLOURS, MOTIONS, SHAPES, Event
 from .oracle import oracle_levels
 from .plan import NoiseConfig, noise_config
 
 __all__ = [
-    "AVConfig",
+    "AVClassConfig",
     "COLOURS",
     "Event",
     "MOTIONS",
