@@ -8,8 +8,12 @@ counts the samples skipped by reason (:data:`SKIP_REASONS`). The loader
 both read through these.
 
 Example:
-    >>> TarSource.__name__, SkipCounter({"too_short": 1}).total
-    ('TarSource', 1)
+    >>> import tarfile, tempfile
+    >>> path = tempfile.mkdtemp() + "/s-0.tar"
+    >>> tarfile.open(path, "w").close()
+    >>> source = TarSource(ShardSet(path))
+    >>> source.check({"mp4": b"", "json": b"{}"}), source.parse({"json": b"{}", "txt": b" hi "})
+    ('missing_txt', ({}, 'hi'))
 """
 
 from __future__ import annotations
