@@ -178,7 +178,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     """Test accuracy of a logistic-regression probe on frozen features (standardised).
 
     Example:
-        >>> x = torch.randn(200, 4); y = (x[:, 0] > 0).long()
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(200, 4, generator=g); y = (x[:, 0] > 0).long()
         >>> linear_probe(x[:100], y[:100], x[100:], y[100:]) > 0.9
         True
     """

@@ -1,6 +1,6 @@
 """Render planned clips and write the benchmark as WebDataset shards, plus ``info.json``.
 
-Layout under ``out_dir`` (every split in the shard format of DESIGN.md §5)::
+Layout under ``out_dir`` (every split in the shard layout of docs/data.md)::
 
     train/train-000000.tar ...          noisy training clips (the chosen rates)
     retrieval/retrieval-000000.tar ...  clean video-text pairs
@@ -43,7 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..writer import ShardWriter, encode_mp4
-from .avclass import AVConfig, av_sample
+from .avclass import AVClassConfig, av_sample
 from .events import COLOURS, MOTIONS, SHAPE_TIMBRE, SHAPES, Event
 from .narration import MAX_WORDS
 from .oracle import oracle_levels
@@ -94,7 +94,7 @@ def _encode_planned(task: tuple[dict, ClipSize]) -> bytes:
     return encode_mp4(frames, size.fps, audio, size.sample_rate)
 
 
-def _encode_av(task: tuple[int, int, AVConfig]) -> tuple[bytes, dict]:
+def _encode_av(task: tuple[int, int, AVClassConfig]) -> tuple[bytes, dict]:
     index, seed, config = task
     frames, audio, meta = av_sample(index, seed, config)
     return encode_mp4(frames, config.fps, audio, config.sample_rate), meta
@@ -163,7 +163,7 @@ def generate(
     retrieval: int = 500,
     probe: tuple[int, int] = (600, 400),
     av: tuple[int, int] = (400, 200),
-    av_config: AVConfig | None = None,
+    av_config: AVClassConfig | None = None,
     clips_per_shard: int = 250,
     segments: tuple[int, int] = (4, 8),
     max_words: int = MAX_WORDS,
@@ -182,7 +182,7 @@ def generate(
         retrieval: clips of the retrieval split.
         probe: (train, test) clips of the action/sound classification splits.
         av: (train, test) samples of the audio-visual split.
-        av_config: settings of the audio-visual set (default: ``AVConfig`` at ``size``).
+        av_config: settings of the audio-visual set (default: ``AVClassConfig`` at ``size``).
         clips_per_shard: samples per tar file.
         segments: (min, max) clips per video.
         max_words: narration length limit.
@@ -198,8 +198,8 @@ def generate(
         noise = noise_config(noise)
     _check_counts(clips, retrieval, probe, av, clips_per_shard)
     if av_config is None:
-        av_config = AVConfig(frames=size.frames, fps=size.fps, size=size.size,
-                             sample_rate=size.sample_rate)
+        av_config = AVClassConfig(frames=size.frames, fps=size.fps, size=size.size,
+                                  sample_rate=size.sample_rate)
     out = Path(out_dir)
     _prepare(out, overwrite)
     t0 = time.perf_counter()
