@@ -304,7 +304,7 @@ def _probe_splits(job: _Job, probe: tuple[int, int]) -> dict[str, dict]:
     return splits
 
 
-def _av_split(job: _Job, av: tuple[int, int], av_config: AVConfig) -> dict:
+def _av_split(job: _Job, av: tuple[int, int], av_config: AVClassConfig) -> dict:
     split = {"label": "motion class, carried by audio more often than by video",
              "class_names": av_config.class_names, "seed": job.seed,
              "config": asdict(av_config),
