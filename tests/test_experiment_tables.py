@@ -190,24 +190,39 @@ def _run(data, tmp_path, **kw):
     logs = []
     kw = {"seeds": (0,), "only": ["baseline"], "doc": tmp_path / "results.md",
           "overrides": TINY, "n_boot": 20, "log": logs.append, **kw}
-    done = study.run_table("table1", kw.pop("out", tmp_path / "out"), str(data),
-                           kw.pop("records", tmp_path / "rec"), **kw)
-    return done, logs
+    out, records = kw.pop("out", tmp_path / "out"), kw.pop("records", tmp_path / "rec")
+    return study.run_table("table1", out, str(data), records, **kw), logs
 
 
-def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, tmp_path,
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """One tiny run trained, evaluated and recorded (``out/``, ``rec/``)."""
+    root = tmp_path_factory.mktemp("trained")
+    done, _ = _run(tiny_data, root)
+    assert done["recorded"] == ["baseline-s0"]
+    return root
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    import shutil
+
+    for name in ("out", "rec"):
+        shutil.copytree(trained / name, tmp_path / name)
+    return tmp_path
+
+
+def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, copy,
                                                                  monkeypatch):
     import shutil
 
     import gradharmony.train.loop as loop
     from gradharmony.report.conjecture import read_truth, training_rows
 
-    done, _ = _run(tiny_data, tmp_path)
-    assert done["recorded"] == ["baseline-s0"]
-    path = tmp_path / "rec" / "table1" / "baseline-s0.json"
+    path = copy / "rec" / "table1" / "baseline-s0.json"
     rec = json.loads(path.read_text())
     assert path.stat().st_size < 50_000
-    run = tmp_path / "out" / "runs" / "baseline-s0"
+    run = copy / "out" / "runs" / "baseline-s0"
     ev = json.loads((run / "eval.json").read_text())
     assert rec["eval"]["retrieval"]["video_to_text"]["R@10"] == \
         ev["retrieval"]["video_to_text"]["R@10"]
@@ -228,40 +243,38 @@ def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, tmp_
         raise AssertionError("a recorded run was trained again")
 
     monkeypatch.setattr(loop, "pretrain", no_training)
-    shutil.rmtree(tmp_path / "out")  # run folders are not kept between sittings
+    shutil.rmtree(copy / "out")  # run folders are not kept between sittings
     stamp = path.stat().st_mtime_ns
-    done, logs = _run(tiny_data, tmp_path)
+    done, logs = _run(tiny_data, copy)
     assert done["skipped"] == ["baseline-s0"] and path.stat().st_mtime_ns == stamp
     assert any("recorded, skipped" in m for m in logs)
-    md = (tmp_path / "results.md").read_text()
+    md = (copy / "results.md").read_text()
     assert "| baseline | 1 |" in md
 
 
-def test_a_trained_run_without_record_is_evaluated_and_recorded(tiny_data, tmp_path,
+def test_a_trained_run_without_record_is_evaluated_and_recorded(tiny_data, copy,
                                                                 monkeypatch):
     import gradharmony.train.loop as loop
 
-    _run(tiny_data, tmp_path)
-    path = tmp_path / "rec" / "table1" / "baseline-s0.json"
+    path = copy / "rec" / "table1" / "baseline-s0.json"
     first = json.loads(path.read_text())
     path.unlink()
-    (tmp_path / "out" / "runs" / "baseline-s0" / "eval.json").unlink()
+    (copy / "out" / "runs" / "baseline-s0" / "eval.json").unlink()
     monkeypatch.setattr(loop, "pretrain", lambda *a, **k: pytest.fail("trained again"))
-    done, logs = _run(tiny_data, tmp_path, train=False)
+    done, logs = _run(tiny_data, copy, train=False)
     assert done["recorded"] == ["baseline-s0"]
     assert any("evaluating" in m for m in logs)
     again = json.loads(path.read_text())
     assert again["eval"] == first["eval"] and again["config_sha256"] == first["config_sha256"]
     # --no-train with no run folder: the document from the records alone
-    done, _ = _run(tiny_data, tmp_path, train=False, out=tmp_path / "gone")
-    assert done["skipped"] == ["baseline-s0"] and not (tmp_path / "gone").exists()
+    done, _ = _run(tiny_data, copy, train=False, out=copy / "gone")
+    assert done["skipped"] == ["baseline-s0"] and not (copy / "gone").exists()
 
 
-def test_a_record_of_another_config_is_refused_and_kept(tiny_data, tmp_path):
-    _run(tiny_data, tmp_path)
-    path = tmp_path / "rec" / "table1" / "baseline-s0.json"
+def test_a_record_of_another_config_is_refused_and_kept(tiny_data, copy):
+    path = copy / "rec" / "table1" / "baseline-s0.json"
     before = path.read_text()
     with pytest.raises(study.ExperimentError, match="--records: .* another config"):
-        _run(tiny_data, tmp_path, out=tmp_path / "other", overrides=[*TINY, "optim.lr=0.002"])
+        _run(tiny_data, copy, out=copy / "other", overrides=[*TINY, "optim.lr=0.002"])
     assert path.read_text() == before
-    assert not (tmp_path / "other" / "runs").exists()  # refused before any training
+    assert not (copy / "other" / "runs").exists()  # refused before any training
