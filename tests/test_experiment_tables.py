@@ -159,8 +159,9 @@ def test_bad_names_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="--seeds: expected a comma list"):
         main(["table2", "--seeds", "x"])
     (tmp_path / "noisy").mkdir()
-    with pytest.raises(InputError, match="no sound, wild folder; make it with: gradharmony "
-                                         "make-data synthetic --out .*/sound --seed 1"):
+    with pytest.raises(InputError, match="no sound, wild folder; make it with --make-data or: "
+                                         "gradharmony make-data synthetic --out .*/sound "
+                                         "--seed 1"):
         main(["table2", "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 

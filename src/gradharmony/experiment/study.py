@@ -243,11 +243,27 @@ def _parser(table: str) -> Parser:
                    help="training stages of the cosine statistics and AUROCs")
     p.add_argument("--n-boot", type=at_least(1), default=200,
                    help="bootstrap resamples of the stage AUROCs")
+    p.add_argument("--make-data", action="store_true",
+                   help="generate the missing data folders first (gradharmony make-data "
+                        "synthetic; the recipes of gradharmony.experiment.tables)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override of every run (repeatable; a smoke test at "
                         "another size, e.g. --set steps=20): not the study")
     p.add_argument("--progress", action="store_true", help="training progress bars")
     return p
+
+
+def make_data(data: str, folders) -> None:
+    """Generate the data ``folders`` of ``DATA`` (:func:`make_data_commands`)."""
+    import shlex
+
+    from gradharmony.cli import main as cli_main
+
+    for command in make_data_commands(data, folders):
+        print(command, file=sys.stderr)
+        rc = cli_main(shlex.split(command)[1:])
+        if rc:
+            raise InputError(f"--make-data: `{command}` failed (exit status {rc})")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -273,8 +289,11 @@ def main(table: str, argv: list[str] | None = None) -> int:
     if not args.no_train:
         writable_path("--out", args.out, "folder")
         missing = [f for f in TABLES[table].folders if not (Path(args.data) / f).is_dir()]
+        if missing and args.make_data:
+            make_data(args.data, missing)
+            missing = []
         require(not missing, f"--data {args.data!r}: no {', '.join(missing)} folder; make "
-                "it with: " + "; ".join(make_data_commands(args.data, missing)))
+                "it with --make-data or: " + "; ".join(make_data_commands(args.data, missing)))
     try:
         run_table(table, args.out, args.data, args.records, seeds, only, args.doc,
                   train=not args.no_train, stages=args.stages, n_boot=args.n_boot,
