@@ -17,7 +17,14 @@ import os
 from pathlib import Path
 
 from gradharmony.experiment.stats import mean_std
-from gradharmony.experiment.summary import METRICS, baseline_row, by_name, diff, row_values
+from gradharmony.experiment.summary import (
+    METRICS,
+    baseline_row,
+    by_name,
+    compact_names,
+    diff,
+    row_values,
+)
 from gradharmony.experiment.tables import (
     TABLE2_METHODS,
     TABLE2_SETTINGS,
@@ -202,7 +209,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
           "(the same videos); R@10 and MedR in the summary tables are the means of both "
           "directions.", "",
           f"Records: {len(records)} of {len(names)} expected runs."
-          + (f" Missing: {', '.join(missing)}." if missing else ""), ""]
+          + (f" Missing: {compact_names(missing)}." if missing else ""), ""]
     md += ["## Data and runs", "",
            "`DATA` (default `data/study`) holds one folder per data set, each made by "
            "`gradharmony make-data synthetic` (`--make-data` runs what is missing):", "",

@@ -60,6 +60,28 @@ def metric(record: dict, name: str) -> float:
     return float(node) if node is not None else float("nan")
 
 
+def compact_names(names) -> str:
+    """Run names grouped by row, in order of first appearance.
+
+    Example:
+        >>> compact_names(["gr-s0", "cl-s0", "gr-s1", "x"])
+        'gr-s{0,1}, cl-s0, x'
+    """
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        row = run_row(n)
+        groups.setdefault(row, []).append(n[len(row) + 2:] if row != n else "")
+    parts = []
+    for row, seeds in groups.items():
+        seeds = [s for s in seeds if s]
+        if not seeds:
+            parts.append(row)
+        else:
+            parts.append(f"{row}-s{seeds[0]}" if len(seeds) == 1
+                         else f"{row}-s{{{','.join(seeds)}}}")
+    return ", ".join(parts)
+
+
 def by_name(records: list[dict]) -> dict[str, dict]:
     """Records keyed by run name."""
     return {r["run"]: r for r in records}

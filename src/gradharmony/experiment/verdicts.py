@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 from gradharmony.experiment.stats import excludes_zero, mean_std, paired_interval
-from gradharmony.experiment.summary import by_name, diff, row_values
+from gradharmony.experiment.summary import by_name, compact_names, diff, row_values
 from gradharmony.experiment.tables import run_row
 
 HOLDS, FAILS, OPEN = "holds", "does not hold", "not resolved at this scale"
@@ -163,7 +163,7 @@ def verdicts(records: list[dict], expected: dict[str, list[str]]) -> list[dict]:
     for i, text in CLAIMS.items():
         missing = [n for n in names if run_row(n) in NEEDS[i] and n not in by]
         if missing:
-            status, numbers = f"not resolved: runs missing ({', '.join(missing)})", ""
+            status, numbers = f"not resolved: runs missing ({compact_names(missing)})", ""
         else:
             status, numbers = RULES[i](by)
         out.append({"claim": i, "text": text, "status": status, "numbers": numbers})
