@@ -17,14 +17,15 @@ import numpy as np
 def stage_histograms(records: list[dict], row: str) -> tuple[np.ndarray, list[np.ndarray],
                                                              list[list[int]]]:
     """Bin edges, per stage the histogram counts summed over the row's seeds, and the
-    stages' step ranges (of the first seed).
+    stages' step ranges (of the first seed). Counts outside the edges are left out (the
+    density is of all finite cosines, so the curve's area is the share inside).
 
     Example:
         >>> from gradharmony.experiment.summary import fake_record
         >>> edges, hists, steps = stage_histograms([fake_record("a-s0"), fake_record("a-s1")],
         ...                                        "a")
         >>> len(edges), int(hists[0][-1]), steps
-        (41, 10, [[0, 9], [10, 19]])
+        (81, 10, [[0, 9], [10, 19]])
     """
     recs = [r for r in records if r.get("row") == row and r.get("cosine", {}).get("stages")]
     if not recs:
@@ -36,6 +37,12 @@ def stage_histograms(records: list[dict], row: str) -> tuple[np.ndarray, list[np
              for i in range(n_stages)]
     steps = [recs[0]["cosine"]["stages"][i]["steps"] for i in range(n_stages)]
     return edges, hists, steps
+
+
+def _totals(records: list[dict], row: str) -> list[int]:
+    recs = [r for r in records if r.get("row") == row and r.get("cosine", {}).get("stages")]
+    n_stages = min(len(r["cosine"]["stages"]) for r in recs)
+    return [sum(r["cosine"]["stages"][i]["n"] for r in recs) for i in range(n_stages)]
 
 
 def figure4(records: list[dict], path, rows: list[str]) -> list[str]:
@@ -59,8 +66,8 @@ def figure4(records: list[dict], path, rows: list[str]) -> list[str]:
         centres = (edges[:-1] + edges[1:]) / 2
         width = edges[1] - edges[0]
         colours = plt.cm.viridis(np.linspace(0, 0.9, len(hists)))
-        for h, st, c in zip(hists, steps, colours, strict=True):
-            total = h.sum()
+        totals = _totals(records, row)
+        for h, st, c, total in zip(hists, steps, colours, totals, strict=False):
             ax.plot(centres, h / (total * width) if total else h, color=c,
                     label=f"steps {st[0]}–{st[1]}")
         ax.axvline(0.0, color="grey", lw=0.5)
@@ -68,7 +75,7 @@ def figure4(records: list[dict], path, rows: list[str]) -> list[str]:
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=6)
     for ax in axes[-1]:
-        ax.set_xlabel("cos(g_va, g_vt) per triplet", fontsize=7)
+        ax.set_xlabel(f"cos(g_va, g_vt) per triplet (within ±{edges[-1]:g})", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)

@@ -5,7 +5,7 @@ A record (``RECORDS/TABLE/NAME.json``) holds the run's name and overrides, its r
 config and the config's sha256, the data it trained on (seed and noise settings of each
 training set's ``info.json``), the evaluation metrics, and from the logged per-triplet
 cosines, per training stage (consecutive logged steps split into equal parts): the cosine
-distribution (mean, std, quantiles, a histogram on [-1, 1]), the kept fraction (from
+distribution (mean, std, quantiles, a histogram), the kept fraction (from
 ``metrics.jsonl``) and the AUROC of ``-cos`` and of the losses against the ground truth
 (:mod:`gradharmony.report.conjecture`).
 
@@ -32,8 +32,10 @@ from gradharmony.experiment.driver import ExperimentError
 RECORD_FORMAT = 1
 #: training stages of the cosine statistics and AUROCs
 STAGES = 5
-#: histogram bins of the per-triplet cosine on [-1, 1]
-BINS = 40
+#: histogram of the per-triplet cosine: BINS equal bins on [-HIST_RANGE, HIST_RANGE] (most
+#: logged cosines lie within ±0.2), values outside counted in ``under`` / ``over``
+BINS = 80
+HIST_RANGE = 0.4
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: ground-truth targets kept in a record (per-kind targets are left out to keep it small)
 TARGETS = ("text_misaligned", "audio_misaligned", "any_misaligned")
@@ -118,16 +120,18 @@ def stage_steps(steps, stages: int = STAGES) -> list[list[int]]:
 
 
 def cosine_stages(cos_by_step: dict[int, np.ndarray], metrics: list[dict],
-                  stages: int = STAGES, bins: int = BINS) -> list[dict]:
+                  stages: int = STAGES, bins: int = BINS, span: float = HIST_RANGE
+                  ) -> list[dict]:
     """Per training stage: the distribution of the logged per-triplet cosines (``n``,
-    ``mean``, ``std``, ``quantiles``, ``hist`` counts on ``bins`` equal bins of [-1, 1],
-    ``nonfinite``) and the mean ``kept_frac`` of the ``metrics`` rows logged in the stage.
+    ``mean``, ``std``, ``quantiles``, ``hist`` counts on ``bins`` equal bins of [-span,
+    span], ``under``/``over`` counts outside it, ``nonfinite``) and the mean ``kept_frac`` of
+    the ``metrics`` rows logged in the stage.
 
     Example:
-        >>> r = cosine_stages({0: np.array([-0.5, 0.5]), 1: np.array([1.0])},
-        ...                   [{"step": 1, "kept_frac": 0.5}], stages=1, bins=2)
-        >>> r[0]["n"], r[0]["mean"], r[0]["hist"], r[0]["kept_frac"]
-        (3, 0.3333333333333333, [1, 2], 0.5)
+        >>> r = cosine_stages({0: np.array([-0.5, 0.5]), 1: np.array([0.1, -0.9])},
+        ...                   [{"step": 1, "kept_frac": 0.5}], stages=1, bins=2, span=0.6)
+        >>> r[0]["n"], r[0]["mean"], r[0]["hist"], r[0]["under"], r[0]["kept_frac"]
+        (4, -0.2, [1, 2], 1, 0.5)
     """
     out = []
     for lo, hi in stage_steps(cos_by_step, stages):
@@ -135,7 +139,7 @@ def cosine_stages(cos_by_step: dict[int, np.ndarray], metrics: list[dict],
                  if lo <= t <= hi]
         c = np.concatenate(parts) if parts else np.zeros(0)
         finite = c[np.isfinite(c)]
-        hist, _ = np.histogram(np.clip(finite, -1.0, 1.0), bins=bins, range=(-1.0, 1.0))
+        hist, _ = np.histogram(finite, bins=bins, range=(-span, span))
         kept = [float(r["kept_frac"]) for r in metrics
                 if "kept_frac" in r and lo <= int(r["step"]) <= hi]
         row = {"steps": [lo, hi], "n": int(finite.size), "nonfinite": int(c.size - finite.size),
@@ -144,7 +148,8 @@ def cosine_stages(cos_by_step: dict[int, np.ndarray], metrics: list[dict],
                "quantiles": {str(q): float(v) for q, v in
                              zip(QUANTILES, np.quantile(finite, QUANTILES))}
                if finite.size else {},
-               "hist": [int(h) for h in hist],
+               "hist": [int(h) for h in hist], "under": int((finite < -span).sum()),
+               "over": int((finite > span).sum()),
                "kept_frac": float(np.mean(kept)) if kept else None}
         out.append(row)
     return out

@@ -22,6 +22,7 @@ from gradharmony.errors import InputError
 from gradharmony.experiment.driver import Experiment, ExperimentError, RunSpec
 from gradharmony.experiment.records import (
     BINS,
+    HIST_RANGE,
     STAGES,
     compact_aurocs,
     cosine_stages,
@@ -155,8 +156,8 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
             "train": {k: summary.get(k) for k in ("steps", "wall_s", "clips_per_s", "loss",
                                                   "cos_mean", "kept_frac")},
             "eval": eval_summary(result),
-            "cosine": {"bins": [-1.0, 1.0, BINS],
-                       "stages": cosine_stages(cos, read_metrics(run_dir), stages, BINS)},
+            "cosine": {"bins": [-HIST_RANGE, HIST_RANGE, BINS],
+                       "stages": cosine_stages(cos, read_metrics(run_dir), stages)},
             "conjecture": conj}
 
 

@@ -134,14 +134,14 @@ def fake_record(run: str, r10: float = 10.0, medr: float = 50.0, probe: float = 
         1
     """
     ret = {"R@1": r10 / 4, "R@5": r10 / 2, "R@10": r10, "MedR": medr}
-    stage = {"steps": [0, 9], "n": 10, "mean": cos, "std": 0.1, "hist": [0] * 38 + [5, 5],
-             "quantiles": {}, "kept_frac": 0.9, "nonfinite": 0}
+    stage = {"steps": [0, 9], "n": 10, "mean": cos, "std": 0.1, "hist": [0] * 78 + [5, 5],
+             "quantiles": {}, "kept_frac": 0.9, "nonfinite": 0, "under": 0, "over": 0}
     conj = {"text_misaligned": {"cos": [auroc, auroc - .05, auroc + .05],
                                 "loss_vt": [0.5, 0.45, 0.55], "n": 10}}
     return {"format": 1, "run": run, "row": run_row(run), "setting": run_setting(run),
             "seed": int(run.rpartition("-s")[2]) if seed is None else seed,
             "eval": {"retrieval": {"video_to_text": dict(ret), "text_to_video": dict(ret)},
                      "probe": {"video_action": {"top1": probe}, "audio_sound": {"top1": probe}}},
-            "cosine": {"bins": [-1.0, 1.0, 40], "stages": [stage, {**stage, "steps": [10, 19]}]},
+            "cosine": {"bins": [-0.4, 0.4, 80], "stages": [stage, {**stage, "steps": [10, 19]}]},
             "conjecture": [{"steps": [0, 9], "n": 10, "auroc": conj},
                            {"steps": [10, 19], "n": 10, "auroc": conj}]}
