@@ -6,12 +6,14 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gradharmony.errors import InputError
 from gradharmony.experiment import study
+from gradharmony.experiment.records import config_sha256
 from gradharmony.experiment.results import diff_cell, render
 from gradharmony.experiment.stats import T975, mean_std, paired_interval, t975
 from gradharmony.experiment.summary import by_name, diff, fake_record
@@ -229,6 +231,7 @@ def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, copy
         ev["retrieval"]["video_to_text"]["R@10"]
     assert rec["eval"]["probe"]["audio_sound"]["top1"] == ev["probe"]["audio_sound"]["top1"]
     assert rec["data"]["train"][0]["seed"] == 0 and "noise" in rec["data"]["train"][0]
+    assert config_sha256(rec["resolved"]) == rec["config_sha256"]  # the config kept exactly
     # the cosine statistics against the logged rows, recomputed here
     rows = training_rows(run, read_truth(str(tiny_data / "noisy" / "train")))
     cos = np.array([r["cos"] for r in rows])
@@ -275,7 +278,27 @@ def test_a_trained_run_without_record_is_evaluated_and_recorded(tiny_data, copy,
 def test_a_record_of_another_config_is_refused_and_kept(tiny_data, copy):
     path = copy / "rec" / "table1" / "baseline-s0.json"
     before = path.read_text()
-    with pytest.raises(study.ExperimentError, match="--records: .* another config"):
+    with pytest.raises(study.ExperimentError,
+                       match="--records: .* another config .*differing keys: optim.lr\\)"):
         _run(tiny_data, copy, out=copy / "other", overrides=[*TINY, "optim.lr=0.002"])
     assert path.read_text() == before
     assert not (copy / "other" / "runs").exists()  # refused before any training
+
+
+def test_make_data_runs_the_recipes_of_the_missing_folders(tmp_path, monkeypatch):
+    import gradharmony.cli
+
+    calls = []
+
+    def fake_cli(argv):
+        calls.append(argv)
+        (Path(argv[argv.index("--out") + 1]) / "train").mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr(gradharmony.cli, "main", fake_cli)
+    monkeypatch.setattr(study, "run_table", lambda *a, **k: {})
+    (tmp_path / "noisy").mkdir()
+    study.main("table2", ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--make-data"])
+    assert [c[c.index("--out") + 1] for c in calls] == [str(tmp_path / "sound"),
+                                                         str(tmp_path / "wild")]
+    assert calls[1][:2] == ["make-data", "synthetic"] and "wild" in calls[1]

@@ -43,6 +43,10 @@ TARGETS = ("text_misaligned", "audio_misaligned", "any_misaligned")
 SCORES = ("cos", "loss", "loss_va", "loss_vt")
 
 
+#: record parts whose floats are rounded to 5 decimals (statistics; never the config)
+ROUNDED = ("cosine", "conjecture", "train")
+
+
 def config_sha256(resolved: dict) -> str:
     """The sha256 of a resolved config (canonical JSON: sorted keys)."""
     text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
@@ -70,10 +74,31 @@ def recorded(path: Path, resolved: dict) -> bool:
         raise ExperimentError(f"--records: {path} is not a valid record ({err}): move it "
                               "away or choose another --records") from None
     if old.get("config_sha256") != config_sha256(resolved):
+        keys = differing_keys(old.get("resolved", {}), resolved)
         raise ExperimentError(f"--records: {path} records run {old.get('run')!r} of another "
-                              "config than the one asked for now; it is never overwritten: "
+                              f"config than the one asked for now (differing keys: "
+                              f"{', '.join(keys[:8]) or 'unknown'}); it is never overwritten: "
                               "choose another --records (or move that record away)")
     return True
+
+
+def differing_keys(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs.
+
+    Example:
+        >>> differing_keys({"a": 1, "m": {"x": 1, "y": 2}}, {"a": 1, "m": {"x": 3}, "z": 0})
+        ['m.x', 'm.y', 'z']
+    """
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "(root)"]
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in a or k not in b:
+            out.append(key)
+        else:
+            out += differing_keys(a[k], b[k], key)
+    return out
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -81,7 +106,8 @@ def write_record(path: Path, record: dict) -> None:
     recorded(path, record["resolved"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_rounded(record), indent=1, sort_keys=True) + "\n")
+    out = {k: _rounded(v) if k in ROUNDED else v for k, v in record.items()}
+    tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
 
 
