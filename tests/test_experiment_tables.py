@@ -302,3 +302,21 @@ def test_make_data_runs_the_recipes_of_the_missing_folders(tmp_path, monkeypatch
     assert [c[c.index("--out") + 1] for c in calls] == [str(tmp_path / "sound"),
                                                          str(tmp_path / "wild")]
     assert calls[1][:2] == ["make-data", "synthetic"] and "wild" in calls[1]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["table1", "--only", "gr,nosuch"], ["--only", "nosuch"]),
+    (["table2", "--seeds", "1,1"], ["--seeds", "repeated"]),
+    (["table2"], ["--data", "no noisy, sound, wild folder", "--make-data"]),
+    (["gamma", "--stages", "0"], ["--stages"]),
+    (["table1", "--no-train", "--doc", "."], ["--doc", "folder"]),
+])
+def test_a_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys,
+                                                          argv, words):
+    from gradharmony.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and all(w in err for w in words), err
+    assert list(tmp_path.iterdir()) == []
