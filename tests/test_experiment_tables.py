@@ -230,7 +230,7 @@ def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, copy
     assert rec["eval"]["retrieval"]["video_to_text"]["R@10"] == \
         ev["retrieval"]["video_to_text"]["R@10"]
     assert rec["eval"]["probe"]["audio_sound"]["top1"] == ev["probe"]["audio_sound"]["top1"]
-    assert rec["data"]["train"][0]["seed"] == 0 and "noise" in rec["data"]["train"][0]
+    assert rec["data"]["train"][0]["seed"] == 0 and rec["data"]["train"][0]["preset"] == "study"
     assert config_sha256(rec["resolved"]) == rec["config_sha256"]  # the config kept exactly
     # the cosine statistics against the logged rows, recomputed here
     rows = training_rows(run, read_truth(str(tiny_data / "noisy" / "train")))

@@ -223,8 +223,39 @@ def eval_summary(result: dict) -> dict:
     return out
 
 
+def preset_of(noise: dict) -> str:
+    """The ``make-data synthetic`` preset whose settings are ``noise`` (an ``info.json``'s),
+    with the settings that differ from it, e.g. ``wild (neighbors=random)``.
+
+    Example:
+        >>> from dataclasses import asdict
+        >>> from gradharmony.data.synthetic.plan import PRESETS
+        >>> preset_of(asdict(PRESETS["study"])), preset_of({**asdict(PRESETS["wild"]),
+        ...                                                  "neighbors": "random"})
+        ('study', 'wild (neighbors=random)')
+    """
+    from dataclasses import asdict
+
+    from gradharmony.data.synthetic.plan import PRESETS
+
+    def differ(name):
+        ref = asdict(PRESETS[name])
+        out = []
+        for k, v in ref.items():
+            got = noise.get(k)
+            same = got == v or (isinstance(got, float) and isinstance(v, float)
+                                and abs(got - v) < 1e-9)
+            if not same:
+                out.append(f"{k}={got}")
+        return out
+
+    best = min(PRESETS, key=lambda n: len(differ(n)))
+    diffs = differ(best)
+    return f"{best} ({', '.join(diffs)})" if diffs else best
+
+
 def data_info(folders) -> list[dict]:
-    """Seed and noise settings of each data folder's ``info.json`` (``{"path": ...}`` only
+    """Seed, noise settings and preset of each data folder's ``info.json`` (``{"path": ...}`` only
     when it has none).
 
     Example:
@@ -238,6 +269,8 @@ def data_info(folders) -> list[dict]:
         if path.is_file():
             info = json.loads(path.read_text())
             row.update({k: info[k] for k in ("seed", "noise", "version") if k in info})
+            if isinstance(info.get("noise"), dict):
+                row["preset"] = preset_of(info["noise"])
             row["train_clips"] = info.get("splits", {}).get("train", {}).get("clips")
         out.append(row)
     return out
