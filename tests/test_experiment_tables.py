@@ -135,6 +135,8 @@ def test_fake_records_render_every_section_and_the_regenerate_command(tmp_path):
     from gradharmony.experiment.results import write_results
 
     recs = _records(gr_gain=(2.0, 2.1, 1.9))
+    recs.append({**fake_record("mix-cl-s0"), "conjecture": None,
+                 "conjecture_note": "no AUROC: keys clash"})
     for r in recs:
         (tmp_path / "rec" / "table1").mkdir(parents=True, exist_ok=True)
         (tmp_path / "rec" / "table1" / f"{r['run']}.json").write_text(json.dumps(r))
@@ -148,6 +150,7 @@ def test_fake_records_render_every_section_and_the_regenerate_command(tmp_path):
     assert "![Figure 4](../rec/figure4.png)" in md
     assert (tmp_path / "rec" / "figure4.png").stat().st_size > 1000
     assert "runs missing (" in md and "cl-g0-s{0,1,2}" in md
+    assert "- mix-cl: no AUROC: keys clash" in md and "| mix-cl | 1 |" in md
     assert render(recs, expected, "CMD X", "../rec/figure4.png") == md  # pure in the records
 
 

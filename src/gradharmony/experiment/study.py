@@ -116,6 +116,26 @@ def _eval(run_dir: Path, eval_data: str, step: int, log) -> dict:
     return json.loads(path.read_text())
 
 
+def merge_truth(truths: list[dict]) -> tuple[dict, list[str]]:
+    """The ground truth of several training sets by clip key, and the keys that two sets
+    give different ground truth (the logged keys do not name their set, so such a key has
+    none of its own).
+
+    Example:
+        >>> merge_truth([{"a": {"text_aligned": True}, "b": {"text_aligned": True}},
+        ...              {"a": {"text_aligned": True}, "b": {"text_aligned": False}}])[1]
+        ['b']
+    """
+    merged: dict = {}
+    clash = set()
+    for truth in truths:
+        for key, value in truth.items():
+            if key in merged and merged[key] != value:
+                clash.add(key)
+            merged.setdefault(key, value)
+    return merged, sorted(clash)
+
+
 def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
                  stages: int = STAGES, n_boot: int = 200, truth_cache: dict | None = None
                  ) -> dict:
@@ -135,12 +155,19 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
     result = json.loads((run_dir / "eval.json").read_text())
     paths = training_truth_paths(resolved)
     cache = truth_cache if truth_cache is not None else {}
-    key = tuple(paths)
-    if key not in cache:
-        cache[key] = read_truth(paths)
+    for p in paths:
+        if p not in cache:
+            cache[p] = read_truth(p)
+    truth, clash = merge_truth([cache[p] for p in paths])
     cos = {t: r["cos"] for t, r in load_conflict_records(run_dir).items()}
-    conj = compact_aurocs(stage_aurocs(training_rows(run_dir, cache[key]), stages,
-                                       n_boot=n_boot, seed=0))
+    conj, note = None, None
+    if clash:
+        note = (f"no AUROC: {len(clash)} clip keys (e.g. {clash[0]!r}) name clips of "
+                "different ground truth in two training sets, and the logged keys do not "
+                "tell the set")
+    else:
+        conj = compact_aurocs(stage_aurocs(training_rows(run_dir, truth), stages,
+                                           n_boot=n_boot, seed=0))
     summary = meta.get("summary", {})
     return {"format": 1, "table": table, "run": spec.name, "row": run_row(spec.name),
             "setting": run_setting(spec.name), "method": resolved.get("method"),
@@ -158,7 +185,7 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
             "eval": eval_summary(result),
             "cosine": {"bins": [-HIST_RANGE, HIST_RANGE, BINS],
                        "stages": cosine_stages(cos, read_metrics(run_dir), stages)},
-            "conjecture": conj}
+            "conjecture": conj, "conjecture_note": note}
 
 
 def run_table(table: str, out, data: str = DEFAULT_DATA, records=DEFAULT_RECORDS,
