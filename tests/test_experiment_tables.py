@@ -239,10 +239,11 @@ def test_train_eval_record_then_skip_even_without_the_run_folder(tiny_data, copy
     rows = training_rows(run, read_truth(str(tiny_data / "noisy" / "train")))
     cos = np.array([r["cos"] for r in rows])
     stages = rec["cosine"]["stages"]
-    assert sum(s["n"] for s in stages) == cos.size == 4 * 8
-    assert sum(sum(s["hist"]) for s in stages) == cos.size
+    assert sum(s["n"] + s["zero"] for s in stages) == cos.size == 4 * 8
+    assert sum(sum(s["hist"]) + s["under"] + s["over"] for s in stages) == \
+        np.count_nonzero(cos)
     assert stages[0]["mean"] == pytest.approx(
-        np.mean([r["cos"] for r in rows if r["step"] == 0]), abs=1e-5)
+        np.mean([r["cos"] for r in rows if r["step"] == 0 and r["cos"] != 0]), abs=1e-5)
     assert [s["steps"] for s in stages] == [[0, 0], [1, 1], [2, 2], [3, 3]]
     assert "text_misaligned" in rec["conjecture"][-1]["auroc"]
 

@@ -150,25 +150,30 @@ def cosine_stages(cos_by_step: dict[int, np.ndarray], metrics: list[dict],
                   ) -> list[dict]:
     """Per training stage: the distribution of the logged per-triplet cosines (``n``,
     ``mean``, ``std``, ``quantiles``, ``hist`` counts on ``bins`` equal bins of [-span,
-    span], ``under``/``over`` counts outside it, ``nonfinite``) and the mean ``kept_frac`` of
-    the ``metrics`` rows logged in the stage.
+    span], ``under``/``over`` counts outside it) and the mean ``kept_frac`` of the
+    ``metrics`` rows logged in the stage. A cosine of exactly 0 is the harmonizer's value
+    where one of the two gradients is zero (a triplet without narration, e.g. of a text-free
+    set, or without sound): it has no direction and is counted in ``zero``, not in the
+    distribution; ``nonfinite`` counts the rest left out.
 
     Example:
-        >>> r = cosine_stages({0: np.array([-0.5, 0.5]), 1: np.array([0.1, -0.9])},
+        >>> r = cosine_stages({0: np.array([-0.5, 0.5, 0.0]), 1: np.array([0.1, -0.9])},
         ...                   [{"step": 1, "kept_frac": 0.5}], stages=1, bins=2, span=0.6)
-        >>> r[0]["n"], r[0]["mean"], r[0]["hist"], r[0]["under"], r[0]["kept_frac"]
-        (4, -0.2, [1, 2], 1, 0.5)
+        >>> r[0]["n"], r[0]["zero"], r[0]["mean"], r[0]["hist"], r[0]["under"], r[0]["kept_frac"]
+        (4, 1, -0.2, [1, 2], 1, 0.5)
     """
     out = []
     for lo, hi in stage_steps(cos_by_step, stages):
         parts = [np.asarray(c, np.float64).ravel() for t, c in cos_by_step.items()
                  if lo <= t <= hi]
         c = np.concatenate(parts) if parts else np.zeros(0)
-        finite = c[np.isfinite(c)]
+        zero = c == 0.0
+        finite = c[np.isfinite(c) & ~zero]
         hist, _ = np.histogram(finite, bins=bins, range=(-span, span))
         kept = [float(r["kept_frac"]) for r in metrics
                 if "kept_frac" in r and lo <= int(r["step"]) <= hi]
-        row = {"steps": [lo, hi], "n": int(finite.size), "nonfinite": int(c.size - finite.size),
+        row = {"steps": [lo, hi], "n": int(finite.size), "zero": int(zero.sum()),
+               "nonfinite": int(c.size - finite.size - zero.sum()),
                "mean": float(finite.mean()) if finite.size else float("nan"),
                "std": float(finite.std()) if finite.size else float("nan"),
                "quantiles": {str(q): float(v) for q, v in

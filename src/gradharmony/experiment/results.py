@@ -235,7 +235,10 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     md += metric_table(by, GAMMA_ROWS, list(SUMMARY_METRICS))
     md += ["## Figure 4: per-triplet cosine over training", ""]
     md += [f"![Figure 4]({figure})", ""] if figure else ["(no records with cosines yet)", ""]
-    md += ["## Mean cosine per data setting", "", *cosine_table(records)]
+    md += ["## Mean cosine per data setting", "",
+           "The mean of the logged per-triplet cos(g_va, g_vt) over training; a cosine of "
+           "exactly 0 (one gradient is zero: a triplet of a text-free set, or without sound) "
+           "is left out.", "", *cosine_table(records)]
     md += ["## Kept fraction (CL, Both)", "", *kept_table(records)]
     md += ["## The conjecture over training: AUROC of −cos against the ground truth", "",
            "Positive class: misaligned triplets (narration or sound), from the logged "
