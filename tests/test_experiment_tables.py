@@ -313,6 +313,7 @@ def test_make_data_runs_the_recipes_of_the_missing_folders(tmp_path, monkeypatch
     (["table2", "--seeds", "1,1"], ["--seeds", "repeated"]),
     (["table2"], ["--data", "no noisy, sound, wild folder", "--make-data"]),
     (["gamma", "--stages", "0"], ["--stages"]),
+    (["table1", "--set", "steps=2"], ["--set", "--records"]),
     (["table1", "--no-train", "--doc", "."], ["--doc", "folder"]),
 ])
 def test_a_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys,

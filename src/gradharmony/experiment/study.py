@@ -260,13 +260,15 @@ def _parser(table: str) -> Parser:
                    help=f"records folder; records go to RECORDS/{table}/NAME.json "
                         f"(default {DEFAULT_RECORDS})")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)),
-                   help="comma list of training seeds")
+                   help="comma list of training seeds (two processes can share a study "
+                        "by seeds)")
     p.add_argument("--only", default=None,
                    help="comma list of run names (gr-s0) or rows (gr) to run")
     p.add_argument("--doc", default=DEFAULT_DOC, help=f"results document (default "
                                                       f"{DEFAULT_DOC})")
     p.add_argument("--no-train", action="store_true",
-                   help="train nothing; record runs already trained, rewrite the document")
+                   help="train nothing; evaluate and record runs already trained (e.g. by "
+                        "another process), rewrite the document")
     p.add_argument("--stages", type=at_least(1), default=STAGES,
                    help="training stages of the cosine statistics and AUROCs")
     p.add_argument("--n-boot", type=at_least(1), default=200,
@@ -312,6 +314,9 @@ def main(table: str, argv: list[str] | None = None) -> int:
     seeds = _seeds(args.seeds)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     select_runs(TABLES[table].runs(args.data, seeds), only)  # names checked before any work
+    require(not args.set or (args.records != DEFAULT_RECORDS and args.doc != DEFAULT_DOC),
+            "--set: runs of another config must not mix with the study's records and "
+            f"document: give --records and --doc (not {DEFAULT_RECORDS}, {DEFAULT_DOC})")
     writable_path("--records", args.records, "folder")
     writable_path("--doc", args.doc, "file")
     if not args.no_train:
