@@ -271,12 +271,26 @@ def test_a_trained_run_without_record_is_evaluated_and_recorded(tiny_data, copy,
     monkeypatch.setattr(loop, "pretrain", lambda *a, **k: pytest.fail("trained again"))
     done, logs = _run(tiny_data, copy, train=False)
     assert done["recorded"] == ["baseline-s0"]
-    assert any("evaluating" in m for m in logs)
+    assert any("evaluating (retrieval,probe)" in m for m in logs)
     again = json.loads(path.read_text())
     assert again["eval"] == first["eval"] and again["config_sha256"] == first["config_sha256"]
     # --no-train with no run folder: the document from the records alone
     done, _ = _run(tiny_data, copy, train=False, out=copy / "gone")
     assert done["skipped"] == ["baseline-s0"] and not (copy / "gone").exists()
+
+
+@pytest.mark.slow
+def test_finetune_rows_are_fine_tuned_before_they_are_recorded(tiny_data, copy):
+    path = copy / "rec" / "table1" / "baseline-s0.json"
+    first = json.loads(path.read_text())
+    path.unlink()
+    done, logs = _run(tiny_data, copy, train=False, finetune=("baseline",))
+    assert done["recorded"] == ["baseline-s0"]
+    assert any("evaluating (retrieval,probe,finetune)" in m for m in logs)
+    again = json.loads(path.read_text())
+    assert {k: again["eval"][k] for k in first["eval"]} == first["eval"]
+    assert set(again["eval"]["finetune"]) == {"video_action", "audio_sound"}
+    assert "| baseline | 1 | " in (copy / "results.md").read_text().split("Fine-tuning")[1]
 
 
 def test_a_record_of_another_config_is_refused_and_kept(tiny_data, copy):
@@ -314,6 +328,7 @@ def test_make_data_runs_the_recipes_of_the_missing_folders(tmp_path, monkeypatch
     (["table2"], ["--data", "no noisy, sound, wild folder", "--make-data"]),
     (["gamma", "--stages", "0"], ["--stages"]),
     (["table1", "--set", "steps=2"], ["--set", "--records"]),
+    (["table1", "--finetune", "baseline,nosuch"], ["--finetune", "nosuch"]),
     (["table1", "--no-train", "--doc", "."], ["--doc", "folder"]),
 ])
 def test_a_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys,

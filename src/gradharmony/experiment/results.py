@@ -18,7 +18,8 @@ from pathlib import Path
 
 from gradharmony.experiment.stats import mean_std
 from gradharmony.experiment.summary import (
-    METRICS,
+    FINETUNE_METRICS,
+    RUN_METRICS,
     baseline_row,
     by_name,
     compact_names,
@@ -226,7 +227,11 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
            "gamma`): `cl-g0` is CL with (γ0, γ_end) = (0, 0). Every run is evaluated with "
            "`gradharmony eval --tasks retrieval,probe --data DATA/noisy`.", ""]
     md += ["## Table 1: methods on the noisy study data", ""]
-    md += metric_table(by, TABLE1_ROWS, list(METRICS))
+    md += metric_table(by, TABLE1_ROWS, list(RUN_METRICS))
+    tuned = {run_row(r["run"]) for r in records if r.get("eval", {}).get("finetune")}
+    md += ["Fine-tuning (the rows fine-tuned, `--finetune`; top-1 on the action and sound "
+           "test splits):", ""]
+    md += metric_table(by, [r for r in TABLE1_ROWS if r in tuned], list(FINETUNE_METRICS))
     md += ["## Table 2: noisier data (baseline, GR, CL, Both)", "",
            "Settings: `noisy` (Table 1's runs), `mix` (+ a text-free sound set, "
            "`has_text: false`), `wild` (+ a wilder narrated set).", ""]

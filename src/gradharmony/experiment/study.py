@@ -101,18 +101,17 @@ def select_runs(specs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
     return [s for s in specs if s.name in only or run_row(s.name) in only]
 
 
-def _eval(run_dir: Path, eval_data: str, step: int, log) -> dict:
+def _eval(run_dir: Path, eval_data: str, step: int, log, tasks: str = EVAL_TASKS) -> dict:
     from gradharmony.evaluate.cli import main_eval
 
     path = run_dir / "eval.json"
     if path.is_file():
         old = json.loads(path.read_text())
         if (old.get("step") == step and old.get("data") == str(eval_data)
-                and all(t in old for t in EVAL_TASKS.split(","))):
+                and all(t in old for t in tasks.split(","))):
             return old
-    log(f"[study] {run_dir.name}: evaluating on {eval_data}")
-    main_eval(["--run", str(run_dir), "--data", str(eval_data), "--tasks", EVAL_TASKS,
-               "--quiet"])
+    log(f"[study] {run_dir.name}: evaluating ({tasks}) on {eval_data}")
+    main_eval(["--run", str(run_dir), "--data", str(eval_data), "--tasks", tasks, "--quiet"])
     return json.loads(path.read_text())
 
 
@@ -191,11 +190,13 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
 def run_table(table: str, out, data: str = DEFAULT_DATA, records=DEFAULT_RECORDS,
               seeds=SEEDS, only=None, doc=DEFAULT_DOC, train: bool = True,
               stages: int = STAGES, n_boot: int = 200, progress: bool = False,
-              overrides=(), log=print) -> dict:
+              overrides=(), finetune=(), log=print) -> dict:
     """Train, evaluate and record what is missing of ``table``, then rewrite ``doc`` from
     every record under ``records``. Returns ``{"recorded": [...], "skipped": [...],
     "missing": [...]}`` (missing: not trained, with ``train=False``). ``overrides``: extra
-    config overrides of every run (part of the resolved config each record holds)."""
+    config overrides of every run (part of the resolved config each record holds);
+    ``finetune``: rows whose runs are also fine-tuned (``gradharmony eval --tasks finetune``)
+    before they are recorded."""
     from gradharmony.experiment.results import write_results
 
     tab = TABLES[table]
@@ -224,7 +225,8 @@ def run_table(table: str, out, data: str = DEFAULT_DATA, records=DEFAULT_RECORDS
             done["missing"].append(spec.name)
             continue
         exp.train(spec, progress=progress)
-        _eval(exp.run_dir(spec), eval_data, int(exp.resolved(spec)["steps"]), log)
+        tasks = EVAL_TASKS + (",finetune" if run_row(spec.name) in finetune else "")
+        _eval(exp.run_dir(spec), eval_data, int(exp.resolved(spec)["steps"]), log, tasks)
         write_record(path, build_record(table, exp, spec, eval_data, stages, n_boot, truth))
         log(f"[{table}] {spec.name}: recorded in {path}")
         done["recorded"].append(spec.name)
@@ -273,6 +275,9 @@ def _parser(table: str) -> Parser:
                    help="training stages of the cosine statistics and AUROCs")
     p.add_argument("--n-boot", type=at_least(1), default=200,
                    help="bootstrap resamples of the stage AUROCs")
+    p.add_argument("--finetune", default="",
+                   help="comma list of rows (e.g. baseline,both) whose runs are also "
+                        "fine-tuned on the action and sound splits before they are recorded")
     p.add_argument("--make-data", action="store_true",
                    help="generate the missing data folders first (gradharmony make-data "
                         "synthetic; the recipes of gradharmony.experiment.tables)")
@@ -313,6 +318,10 @@ def main(table: str, argv: list[str] | None = None) -> int:
     args = _parser(table).parse_args(argv)
     seeds = _seeds(args.seeds)
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    finetune = [x.strip() for x in args.finetune.split(",") if x.strip()]
+    rows = {run_row(s.name) for s in TABLES[table].runs(args.data, seeds)}
+    require(set(finetune) <= rows, f"--finetune: unknown rows "
+            f"{sorted(set(finetune) - rows)}; choose from {sorted(rows)}")
     select_runs(TABLES[table].runs(args.data, seeds), only)  # names checked before any work
     require(not args.set or (args.records != DEFAULT_RECORDS and args.doc != DEFAULT_DOC),
             "--set: runs of another config must not mix with the study's records and "
@@ -330,7 +339,7 @@ def main(table: str, argv: list[str] | None = None) -> int:
     try:
         run_table(table, args.out, args.data, args.records, seeds, only, args.doc,
                   train=not args.no_train, stages=args.stages, n_boot=args.n_boot,
-                  progress=args.progress, overrides=args.set,
+                  progress=args.progress, overrides=args.set, finetune=finetune,
                   log=lambda m: print(m, file=sys.stderr))
     except ExperimentError as err:  # a folder or record of another config: bad input
         raise InputError(str(err)) from None

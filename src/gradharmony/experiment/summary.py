@@ -30,7 +30,12 @@ METRICS: dict[str, tuple[tuple[str, ...], int]] = {
     "T→V MedR": (("retrieval", "text_to_video", "MedR"), -1),
     "video probe top-1": (("probe", "video_action", "top1"), 1),
     "audio probe top-1": (("probe", "audio_sound", "top1"), 1),
+    "video fine-tune top-1": (("finetune", "video_action", "top1"), 1),
+    "audio fine-tune top-1": (("finetune", "audio_sound", "top1"), 1),
 }
+#: the metrics of every run (fine-tuning: only the rows asked for)
+RUN_METRICS = tuple(k for k in METRICS if "fine-tune" not in k)
+FINETUNE_METRICS = ("video fine-tune top-1", "audio fine-tune top-1")
 #: derived metrics: the mean of the two retrieval directions
 DERIVED = {"R@10": ("V→T R@10", "T→V R@10"), "MedR": ("V→T MedR", "T→V MedR")}
 DIRECTION = {**{k: v[1] for k, v in METRICS.items()}, "R@10": 1, "MedR": -1,
