@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/harmonizer_overhead.py
 
 table1: $(STAMP)
-	$(VENV)/bin/gradharmony experiment table1 --out runs/table1 --data data/study --make-data
+	$(VENV)/bin/gradharmony experiment table1 --out runs/table1 --data data/study --make-data --finetune baseline,both
 
 table2: $(STAMP)
 	$(VENV)/bin/gradharmony experiment table2 --out runs/table2 --data data/study --make-data && $(VENV)/bin/gradharmony experiment gamma --out runs/gamma --data data/study
