@@ -201,8 +201,9 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
           "Generated from the run records in the records folder (never edited by hand). "
           "Regenerate it (no training) with:", "", "```bash", command, "```", "",
           "Train, evaluate and record what is missing (a recorded run is skipped; a "
-          "half-trained one resumes): `gradharmony experiment table1` (then `table2`, "
-          "`gamma`).", "",
+          "half-trained one resumes): `make table1` (`gradharmony experiment table1 "
+          "--make-data --finetune baseline,both`), then `make table2` (`gradharmony "
+          "experiment table2` and `gradharmony experiment gamma`).", "",
           "How to read it: every run is `configs/study.yaml` with one method and one training "
           "seed; a cell is the mean ± sample standard deviation over seeds. A difference to "
           "the baseline is paired by seed (the same seed in both rows), shown as the mean "
