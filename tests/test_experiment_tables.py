@@ -340,3 +340,41 @@ def test_a_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and all(w in err for w in words), err
     assert list(tmp_path.iterdir()) == []
+
+
+def _with(recs, row, gains, probe=None):
+    base = {r["seed"]: r for r in recs if r["row"] == "baseline"}
+    out = list(recs)
+    for s, g in enumerate(gains):
+        b = base[s]["eval"]["retrieval"]["video_to_text"]["R@10"]
+        p = base[s]["eval"]["probe"]["video_action"]["top1"] if probe is None else probe[s]
+        out.append(fake_record(f"{row}-s{s}", r10=b + g, probe=p))
+    return out
+
+
+def test_claim_2_reweighting_helps_little_or_hurts_both_ways():
+    recs = _records(gr_gain=(2.0, 2.1, 1.9))  # gr, cl, both all better: smallest gain ~1.0
+    expected = {"table1": [f"{m}-s{s}" for s in (0, 1, 2)
+                           for m in ("baseline", "gr", "cl", "both", "rw-va", "rw-vt")]}
+
+    def status(va, vt):
+        return verdicts(_with(_with(recs, "rw-va", va), "rw-vt", vt), expected)[1]["status"]
+
+    assert status((-1.0, -1.1, -0.9), (-2.0, -2.2, -1.9)) == "holds"  # both hurt
+    assert status((0.1, -0.1, 0.0), (0.2, 0.0, -0.1)) == "holds"  # within ±0.5 < 1.0
+    assert status((0.5, 0.6, 0.4), (0.0, 0.1, -0.1)) == "does not hold"  # rw-va helps
+    assert status((3.0, -3.0, 0.5), (0.0, 0.1, -0.1)) == "not resolved at this scale"
+
+
+def test_claim_5_gamma_schedules_both_ways():
+    recs = _records(gr_gain=(2.0, 2.1, 1.9))  # cl: +1.0 over the baseline, probe +1
+    expected = {"table1": [r["run"] for r in recs] + ["cl-g0-s0", "cl-g0-s1", "cl-g0-s2"]}
+
+    def status(gains, probe):
+        return verdicts(_with(recs, "cl-g0", gains, probe), expected)[4]["status"]
+
+    collapsed = (10.0, 11.2, 9.9)  # against the baseline's 30, 31, 32
+    assert status((-3.0, -3.1, -2.8), collapsed) == "holds"
+    assert status((3.0, 3.1, 2.8), collapsed) == "does not hold"  # (0, 0) beats CL
+    assert status((-3.0, -3.1, -2.8), (35.0, 36.1, 37.2)) == "does not hold"  # no collapse
+    assert status((-3.0, 3.1, 0.0), collapsed) == "not resolved at this scale"
