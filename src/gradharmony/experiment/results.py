@@ -106,6 +106,23 @@ def metric_table(by, rows, metrics, base: bool = True) -> list[str]:
     return out
 
 
+def pair_table(by, row: str, base: str, metrics) -> list[str]:
+    """Markdown: ``row − base`` for each metric (paired by seed, 95 % interval, bold where
+    it excludes 0); nothing when either row has no records.
+
+    Example:
+        >>> from gradharmony.experiment.summary import fake_record
+        >>> by = by_name([fake_record("cl-s0", r10=5.0), fake_record("cl-g0-s0", r10=3.0)])
+        >>> pair_table(by, "cl", "cl-g0", ["R@10"])[2]
+        '| cl − cl-g0 | +2.0 (n=1) |'
+    """
+    if not (row_values(by, row, metrics[0]) and row_values(by, base, metrics[0])):
+        return []
+    return ["| difference | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics),
+            f"| {row} − {base} | " + " | ".join(diff_cell(diff(by, row, m, base=base))
+                                               for m in metrics) + " |", ""]
+
+
 def cosine_table(records) -> list[str]:
     """Markdown: per data setting and method, the mean logged per-triplet cosine (mean ± std
     over seeds) and per stage."""
@@ -239,6 +256,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     md += metric_table(by, TABLE2_ROWS, list(SUMMARY_METRICS))
     md += ["## γ schedules (CL)", "", "`cl`: (γ0, γ_end) = (−0.3, 0); `cl-g0`: (0, 0).", ""]
     md += metric_table(by, GAMMA_ROWS, list(SUMMARY_METRICS))
+    md += pair_table(by, "cl", "cl-g0", list(SUMMARY_METRICS))
     md += ["## Figure 4: per-triplet cosine over training", ""]
     md += [f"![Figure 4]({figure})", ""] if figure else ["(no records with cosines yet)", ""]
     md += ["## Mean cosine per data setting", "",
