@@ -157,7 +157,7 @@ def cosine_table(records) -> list[str]:
                             .split(" ±")[0] for i in range(k))
         out.append(f"| {r} | {by_setting(records, r)} | {len(vals)} | "
                    f"{cell(vals.values(), 4)} | {stages} |")
-    return [*out, ""]
+    return [*out, ""] if len(out) > 2 else ["(no records yet)", ""]
 
 
 def by_setting(records, row: str) -> str:
