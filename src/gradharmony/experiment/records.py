@@ -38,7 +38,7 @@ BINS = 80
 HIST_RANGE = 0.4
 QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 #: ground-truth targets kept in a record (per-kind targets are left out to keep it small)
-TARGETS = ("text_misaligned", "audio_misaligned", "any_misaligned")
+RECORDED_TARGETS = ("text_misaligned", "audio_misaligned", "any_misaligned")
 #: scores kept per target
 SCORES = ("cos", "loss", "loss_va", "loss_vt")
 
@@ -187,12 +187,12 @@ def cosine_stages(cos_by_step: dict[int, np.ndarray], metrics: list[dict],
 
 
 def compact_aurocs(stages: list[dict]) -> list[dict]:
-    """:func:`gradharmony.report.conjecture.stage_aurocs` output cut to :data:`TARGETS` and
+    """:func:`gradharmony.report.conjecture.stage_aurocs` output cut to :data:`RECORDED_TARGETS` and
     :data:`SCORES`, each score as ``[auroc, low, high]``."""
     out = []
     for st in stages:
         aur = {}
-        for target in TARGETS:
+        for target in RECORDED_TARGETS:
             scores = st["auroc"].get(target)
             if not scores:
                 continue

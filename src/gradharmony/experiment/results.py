@@ -181,7 +181,7 @@ def kept_table(records) -> list[str]:
     return [*out, ""] if len(out) > 2 else ["(no CL or Both records yet)", ""]
 
 
-def conjecture_table(records) -> list[str]:
+def conjecture_section(records) -> list[str]:
     """Markdown: per row and training stage, AUROC(−cos) and AUROC(loss of the target's
     modality) for text and audio misalignment, mean ± std over seeds."""
     out = ["| row | stage (steps) | text: AUROC(−cos) | text: AUROC(loss_vt) | "
@@ -288,7 +288,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     md += ["## The conjecture over training: AUROC of −cos against the ground truth", "",
            "Positive class: misaligned triplets (narration or sound), from the logged "
            "per-triplet cosines and losses of training (train mode, the batches training "
-           "saw).", "", *conjecture_table(records)]
+           "saw).", "", *conjecture_section(records)]
     md += ["## Verdicts", "", "Rules: see `gradharmony.experiment.verdicts` (a comparison "
            "counts only where its 95 % interval excludes 0).", ""]
     for v in verdicts(records, expected):
