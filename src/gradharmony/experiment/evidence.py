@@ -268,8 +268,9 @@ def _document(exp, config, out, seeds, ks, overrides, data, score_limit, n_boot,
                "gradharmony.experiment.drop import compare_drop; print(compare_drop("
                f"'{d['run']}', '{data}', method='cl', batches={drop_batches}, "
                f"limit={score_limit})['mean'])\"`", "",
-               "Scale note: with `gamma` = 0 Both projects nothing (it projects only when "
-               "gamma < cos < 0), so its update is CL's plus GR on the kept triplets.", ""]
+               "Scale note: Both drops what CL drops (cos <= gamma) and projects only the triplets "
+               "with gamma < cos < 0; near gamma = 0 these are few, so its update is close to "
+               "CL's.", ""]
     return md
 
 
