@@ -9,33 +9,39 @@ weighted plain gradient, as the Harmonizer defines them.
 from __future__ import annotations
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from gradharmony.harmonize import Harmonizer, realign
 
 
-def outputs_of(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [v for v in out.values() if isinstance(v, torch.Tensor)]
-    return [v for v in out if isinstance(v, torch.Tensor)]
-
-
 def oracle(model, run, loss_fn, groups, loss_level=()):
     """Per-group per-loss gradients ``[G, L, P]`` of the per-triplet parameters, the plain
-    per-loss gradients ``[L, P_all]``, and the parameter split ``(per_triplet, level)``."""
+    per-loss gradients ``[L, P_all]``, and the parameter split ``(per_triplet, level)``.
+
+    The upstream gradients are the *partial* derivatives of the losses at the outputs (the
+    losses evaluated on detached copies), so an output computed from another one (BERT's
+    pooler output from its last hidden state) is not counted twice.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     level = [p for p in params if p.dim() == 0 or any(p is q for q in loss_level)]
     inner = [p for p in params if all(p is not q for q in level)]
     out = run()
-    outs = [o for o in outputs_of(out) if o.requires_grad and o.dim() > 0]
+    leaves, spec = tree_flatten(out)
+    batched = [i for i, t in enumerate(leaves)
+               if isinstance(t, torch.Tensor) and t.requires_grad and t.dim() > 0]  # fmt: skip
+    copies = list(leaves)
+    for i in batched:
+        copies[i] = leaves[i].detach().requires_grad_()
+    outs = [leaves[i] for i in batched]
+    cut = loss_fn(tree_unflatten(copies, spec))
     losses = list(loss_fn(out).values())
     per = torch.zeros(groups, len(losses), sum(p.numel() for p in inner), dtype=torch.float64)
     plain = []
-    for l, loss in enumerate(losses):
+    for l, (loss, partial) in enumerate(zip(losses, cut.values())):
         full = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
         plain.append(_flat(params, full))
-        up = torch.autograd.grad(loss, outs, retain_graph=True, allow_unused=True)
+        up = torch.autograd.grad(partial, [copies[i] for i in batched], retain_graph=True,
+                                 allow_unused=True)  # fmt: skip
         for g in range(groups):
             masked = []
             for u, o in zip(up, outs):

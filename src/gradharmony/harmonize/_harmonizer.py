@@ -168,8 +168,11 @@ class Harmonizer:
         self._last: dict[nn.Module, int] = {}
         self._start: dict[nn.Module, list[int]] = {}
         hooked = list(self._rule)
+        self._whole = {m for m, r in self._rule.items() if self._covers_all(m, r)}
+        within = {d for m in self._whole for d in m.modules() if d is not m}
         self._below = {
-            m: [d for d in m.modules() if d is not m and d in self._rule] for m in hooked
+            m: [d for d in m.modules() if d is not m and d in self._rule and d not in within]
+            for m in hooked
         }
         self._outputs: list = []
         self._handles = [model.register_forward_hook(self._model_hook)]
@@ -254,13 +257,16 @@ class Harmonizer:
             return
         below = self._below[module]
         unused = [d for d in below if self._last.get(d, 0) < start]
-        if below and not unused:
+        if below and not unused and module not in self._whole:
             return  # sub-layers all ran: its own parameters are attributed where they land
         covers = list(direct)
+        if module in self._whole:
+            unused = [d for d in module.modules() if d is not module]
         for name, sub in module.named_modules():
             if sub in unused:
                 covers += [f"{name}.{n}" for n, p in sub.named_parameters(recurse=False)
                            if p.requires_grad]  # fmt: skip
+                self._last[sub] = self._seq  # accounted for: used, for the enclosing modules
         dims, rows = rule.input_dims(module, args, kwargs)
         detached = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, (args, kwargs))
         first = outs[out_index[0]]
@@ -270,6 +276,11 @@ class Harmonizer:
             check = row_check(first, dim)
         self._records.append(Call(module, None, edges, rows, tuple(covers), stops, None,
                                   *detached, check, dims, out_index))  # fmt: skip
+
+    @staticmethod
+    def _covers_all(module: nn.Module, rule: type) -> bool:
+        """A registered generic rule (attention) differentiates its sub-modules too."""
+        return issubclass(rule, GenericWork) and rule_for(module) is rule
 
     @staticmethod
     def _check_batched(module: nn.Module, inp) -> None:

@@ -1,0 +1,33 @@
+"""The Harmonizer on models built from open_clip, timm and transformers configs.
+
+Random weights, tiny widths, no downloads; every parameter trainable; each model called as
+its library documents. Per-group cosines, norms and the gr/both updates against the
+brute-force oracle at sample, 4 and batch granularity, and the baseline update against one
+plain backward of the summed losses. The libraries are test dependencies (the ``libs``
+extra); without them these tests are skipped, so run them with
+``GRADHARMONY_REQUIRE_LIBS=1 pytest tests/test_harmonize_libraries.py``, which fails instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harmonize_oracle import check_model  # noqa: E402
+from library_models import MODELS, B  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_library_model_matches_the_oracle(name):
+    torch.manual_seed(0)
+    model, run, losses = MODELS[name]()
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert not frozen, frozen
+    check_model(model, run, losses, batch=B, granularities=("sample", 4, "batch"),
+                methods=("gr", "both"))  # fmt: skip
