@@ -157,10 +157,10 @@ def test_tied_parameters_sum_every_use_with_cross_terms(strategy):
 
 
 class Attention(nn.Module):
-    def __init__(self, batch_first, dim=8):
+    def __init__(self, batch_first, dim=8, bias_kv=False):
         super().__init__()
         self.batch_first = batch_first
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=batch_first, bias=True)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=batch_first, add_bias_kv=bias_kv)
         self.head = nn.Linear(dim, 3)
 
     def forward(self, x):  # [B, T, dim] with T == B
@@ -174,9 +174,10 @@ class Attention(nn.Module):
         return self.head(h.mean(1))
 
 
-@pytest.mark.parametrize("batch_first", [True, False])
-def test_multihead_attention_with_a_shared_2d_mask_as_long_as_the_batch(batch_first):
-    _check(Attention(batch_first), torch.randn(4, 4, 8))
+@pytest.mark.parametrize("batch_first,bias_kv", [(True, False), (False, False), (False, True)])
+def test_multihead_attention_with_a_shared_2d_mask_as_long_as_the_batch(batch_first, bias_kv):
+    """bias_kv: the configuration the attention rule leaves to the generic rule."""
+    _check(Attention(batch_first, bias_kv=bias_kv), torch.randn(4, 4, 8))
 
 
 # -- loss-level parameters ------------------------------------------------------------------
@@ -288,3 +289,27 @@ def test_rules_apply_to_exact_types_and_unchanged_subclasses():
     assert rule_for(nn.MultiheadAttention(4, 2).out_proj) is not None  # forward unchanged
     assert rule_for(nn.Conv2d(4, 4, 3, groups=2)) is None  # grouped: the generic rule
     assert rule_for(nn.RMSNorm(4)) is None
+
+
+class CastingLayerNorm(nn.LayerNorm):
+    """As open_clip's LayerNorm: overrides forward, computes the same function."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_subclasses_computing_their_parents_function_take_the_parents_rule():
+    from gradharmony.harmonize._layers import LinearWork, same_function_rule
+
+    ln, lin, scaled = CastingLayerNorm(4), nn.Linear(4, 4), ScaledLinear(4, 4)
+    x = torch.randn(3, 4)
+    assert same_function_rule(ln, x, ln(x)) is NormWork
+    assert same_function_rule(lin, x, lin(x)) is LinearWork
+    assert same_function_rule(scaled, x, scaled(x)) is None
+    model = nn.Sequential(nn.Linear(3, 4), CastingLayerNorm(4), ScaledLinear(4, 3))
+    _check(model, torch.randn(4, 3))

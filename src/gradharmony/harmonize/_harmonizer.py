@@ -10,11 +10,20 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_leaves, tree_map
 
+from . import _attention  # noqa: F401  (registers the attention rule)
 from ._backward import OutputGradients, _broadcasts, _reach
 from ._functional import gram_cosine
 from ._generic import GenericWork, output_tensors, row_check
 from ._graph import Landings, analyse
-from ._layers import _NORM, Call, EmbeddingWork, _combine, _stacked_gram, batchnorm_stats
+from ._layers import (
+    _NORM,
+    Call,
+    EmbeddingWork,
+    _combine,
+    _stacked_gram,
+    batchnorm_stats,
+    same_function_rule,
+)
 from ._methods import (
     METHODS,
     GammaSchedule,
@@ -240,6 +249,8 @@ class Harmonizer:
             if any(t.requires_grad for t in leaves):
                 self._reentrant = True
             return
+        if self.group_size is None or (self.method == "baseline" and not self.measure):
+            return  # one group: plain per-loss gradients, nothing to record
         outs = output_tensors(output)
         out_index = [i for i, t in enumerate(outs) if t.requires_grad and t.grad_fn is not None]
         if not out_index:
@@ -248,12 +259,14 @@ class Harmonizer:
         direct = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
         edges = [get_gradient_edge(outs[i]) for i in out_index]
         stops = tuple(_node_of(t) for t in leaves if t.requires_grad)
+        inp = args[0] if args else None
+        if rule is GenericWork and len(leaves) == 1 and not kwargs:
+            rule = same_function_rule(module, inp, output) or rule
         if not issubclass(rule, GenericWork):
-            inp = args[0] if args else None
             self._check_batched(module, inp)
             stats = batchnorm_stats(module, inp) if isinstance(module, _NORM) else None
             self._records.append(Call(module, inp.detach(), edges[:1], inp.shape[0],
-                                      tuple(direct), stops, stats))  # fmt: skip
+                                      tuple(direct), stops, stats, rule=rule))  # fmt: skip
             return
         below = self._below[module]
         unused = [d for d in below if self._last.get(d, 0) < start]
@@ -275,7 +288,7 @@ class Harmonizer:
         if out_index[0] == 0 and first.dim() > dim and first.shape[dim] == rows:
             check = row_check(first, dim)
         self._records.append(Call(module, None, edges, rows, tuple(covers), stops, None,
-                                  *detached, check, dims, out_index))  # fmt: skip
+                                  *detached, check, dims, rule, out_index))  # fmt: skip
 
     @staticmethod
     def _covers_all(module: nn.Module, rule: type) -> bool:
@@ -431,14 +444,16 @@ class Harmonizer:
         plain = self._plain_grads(tensors) if self.check else None
         level = self._loss_level_grads(tensors, cov.loss_level)
         landings = Landings(cov.landings, G, L)
-        by_module: dict[nn.Module, list[Call]] = {}
+        by_module: dict[tuple, list[Call]] = {}
         for c in records:
-            by_module.setdefault(c.module, []).append(c)
+            by_module.setdefault((c.module, c.rule), []).append(c)
         budget = [self.keep_bytes]
         works = []
-        for m, calls in by_module.items():
+        for (m, rule), calls in by_module.items():
             dense = [n for n in calls[0].covers if id(m.get_parameter(n)) in cov.dense]
-            works.append(self._rule[m](m, calls, G, L, self.strategy, budget, dense))
+            if len({r for mod, r in by_module if mod is m}) > 1:
+                dense = list(calls[0].covers)  # one module, two rules: sum their parts
+            works.append(rule(m, calls, G, L, self.strategy, budget, dense))
         self._records = []
         edges = [e for c in records for e in c.edges] + landings.edges
         grads = OutputGradients(tensors, edges)
@@ -516,9 +531,11 @@ class Harmonizer:
                     work, i, j = slot[k]
                     work.absorb(i, l, g, j)
                     waiting[(id(work), i)] -= 1
-                    if waiting[(id(work), i)] == 0 and work.reduces_on_arrival:
-                        call = work.calls[i]
-                        call.inp, call.args, call.kwargs = None, (), {}
+                    if waiting[(id(work), i)] == 0:
+                        work.finish(i)
+                        if work.reduces_on_arrival:
+                            call = work.calls[i]
+                            call.inp, call.args, call.kwargs = None, (), {}
         for c in records:
             c.edges = []
         for name, ok in zip(names, reached):

@@ -48,6 +48,7 @@ class Call:
     kwargs: dict = field(default_factory=dict)
     check: Tensor | None = None  # generic calls: per-row sums of the first output
     in_dims: list = field(default_factory=list)  # generic calls: batch dim per input leaf
+    rule: type | None = None  # the rule that differentiates this call
     out_index: list = field(default_factory=list)  # generic calls: recorded output tensors
     deltas: list = field(default_factory=list)  # per loss: per output edge, or None
 
@@ -192,6 +193,9 @@ class ModuleWork:
     def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
         """Take loss ``loss``'s gradient at output ``slot`` of call ``index``."""
         raise NotImplementedError
+
+    def finish(self, index: int) -> None:
+        """Every loss reaching call ``index`` has delivered its output gradients."""
 
     def gram(self) -> Tensor:
         """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
@@ -504,3 +508,26 @@ class EmbeddingWork(ModuleWork):
         weight = self.module.weight
         grad = torch.zeros(weight.shape, device=self.device).index_add_(0, rows, combined)
         return {"weight": grad}
+
+
+def same_function_rule(module: nn.Module, inp: Tensor, output: Tensor) -> type | None:
+    """A layer rule for a subclass of ``nn.LayerNorm`` or ``nn.Linear`` that overrides
+    ``forward`` (to cast dtypes, say) when this call's output is exactly what the parent
+    computes from the same input and parameters; None otherwise (the generic rule)."""
+    if type(output) is not Tensor or not isinstance(inp, Tensor):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        rule, args = NormWork, (module.normalized_shape, module.weight, module.bias, module.eps)
+        parent = F.layer_norm
+    elif isinstance(module, nn.Linear):
+        rule, args, parent = LinearWork, (module.weight, module.bias), F.linear
+    else:
+        return None
+    with torch.no_grad():
+        try:
+            ref = parent(inp, *args)
+        except RuntimeError:  # another input layout (a channels-first LayerNorm)
+            return None
+        if ref.shape != output.shape or not torch.equal(ref.to(output.dtype), output):
+            return None
+    return rule
