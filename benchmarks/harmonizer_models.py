@@ -118,6 +118,10 @@ def memory_of(args, method, gran, live: bool = False) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
+def _ratio(mem: dict, c) -> str:
+    return f"{mem[c] / mem[CONFIGS[0]]:.2f}x ({mem[c]:.0f} MiB)" if mem else "-"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
@@ -151,11 +155,8 @@ def main(argv=None) -> int:
     print("| method | granularity | time / plain | peak RSS / plain | peak live / plain |")
     print("|---|---|---|---|---|")
     for c in CONFIGS:
-        def ratio(m):
-            return f"{m[c] / m[CONFIGS[0]]:.2f}x ({m[c]:.0f} MiB)" if m else "-"
-
-        print(f"| {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x | {ratio(mem)} "
-              f"| {ratio(live)} |")  # fmt: skip
+        print(f"| {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x | {_ratio(mem, c)} "
+              f"| {_ratio(live, c)} |")  # fmt: skip
     return 0
 
 
