@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/harmonizer_overhead.py
+	$(PY) benchmarks/harmonizer_models.py
 
 clean:
 	rm -rf $(VENV) runs data build *.egg-info src/*.egg-info
