@@ -31,3 +31,17 @@ def test_library_model_matches_the_oracle(name):
     assert not frozen, frozen
     check_model(model, run, losses, batch=B, granularities=("sample", 4, "batch"),
                 methods=("gr", "both"))  # fmt: skip
+
+
+def test_the_documented_open_clip_example_runs():
+    from library_models import import_library
+
+    import_library("open_clip")
+    doc = (Path(__file__).parent.parent / "docs" / "harmonize.md").read_text()
+    section = doc[doc.index("## Use it on open_clip"):]
+    code = section[section.index("```python") + len("```python"):section.index("```\n", 10)]
+    scope: dict = {}
+    torch.manual_seed(0)
+    exec(compile(code, "docs/harmonize.md", "exec"), scope)
+    assert scope["stats"].cos.shape == (8,)
+    assert all(p.grad is None for p in scope["model"].parameters())  # stepped, then zeroed

@@ -1,7 +1,7 @@
 """Cross-modality gradient harmonization: per-triplet conflicts, GR, CL, Both and baselines.
 
-Model-agnostic: works on any ``nn.Module`` built from Linear, Conv1d/2d/3d, LayerNorm,
-Embedding and BatchNorm layers whose forwards keep the triplet index on dim 0.
+Model-agnostic: works on any ``nn.Module`` whose layers keep the triplet index on dim 0
+(open_clip, timm and transformers models included); see ``docs/harmonize.md``.
 
 Example:
     >>> import torch

@@ -87,20 +87,25 @@ def _all_reduce_tensors(tensors: list[Tensor]) -> list[Tensor]:
 
 
 class Harmonizer:
-    """Cross-modality gradient harmonization for any model built from supported layers.
+    """Cross-modality gradient harmonization for any PyTorch model.
 
-    Forward hooks on every ``nn.Linear``, ``nn.Conv1d/2d/3d`` (groups=1), ``nn.LayerNorm``,
-    ``nn.Embedding`` and BatchNorm (layer-by-layer definition) record each call while grad is
+    Forward hooks record every call of a module with trainable parameters while grad is
     enabled. :meth:`backward` asks autograd once per loss for the gradient at the recorded
     outputs (no weight-gradient work), builds each group's Gramian layer by layer (cross-pass
     terms included: one triplet's video, audio and text passes all touch the shared weights),
     turns it into loss weights with the chosen method and writes
     ``sum_groups sum_l w_gl G_g^l`` into ``p.grad`` from the stored tensors (no third backward).
+    Linear, Conv (groups = 1), LayerNorm, BatchNorm, Embedding and MultiheadAttention have
+    dedicated rules (``register_rule`` adds one); any other module with parameters takes the
+    generic rule (per-group ``torch.func`` vector-Jacobian products); a parameter used outside
+    every recorded call (a class token, a position table, a projection) is attributed where it
+    meets the batch. Every use of every trainable parameter is accounted for, or
+    :meth:`backward` raises naming the parameters.
 
     Args:
-        model: the module whose trainable parameters receive the update. A trainable parameter
-            owned by an unsupported module (``nn.MultiheadAttention.in_proj_weight``, a bare
-            ``nn.Parameter``) or shared by two modules is rejected with ``ValueError``.
+        model: the module whose trainable parameters receive the update (tied parameters:
+            the contributions of every use are summed). ``nn.Embedding`` with
+            ``sparse``/``scale_grad_by_freq``/``max_norm`` is rejected (all offenders named).
         method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both``. ``gr`` is Algorithm 1
             for two losses and PCGrad (random pairwise order, seeded) for more. ``cl`` drops a
             group when ``cos <= gamma``; ``both`` also projects when ``gamma < cos < 0``.
@@ -117,6 +122,13 @@ class Harmonizer:
             0 keeps them only where it saves memory; elsewhere the update is recomputed as
             ``A^T (sum_l w_l Delta^l)``. Negative: never keep.
         seed: seeds the random pairwise orders of PCGrad/GradVac.
+        loss_params: names of *loss-level* parameters (besides the automatic ones: scalars used
+            outside every layer, such as CLIP's ``logit_scale``, and parameters used only
+            after the model's forward returned). They are in no triplet's passes: left out of
+            the Gramian, they get ``sum_l mean_g(w_gl) grad_l``, the plain gradient of the
+            losses weighted as the groups are on average (``baseline``: the plain gradient).
+        check: also compute the plain gradient of the summed losses and raise, naming the
+            parameters, when the per-group gradients do not sum to it (costs one backward).
 
     A group a loss does not reach (e.g. a clip without narration) is kept with weights 1 and
     ``cos = 0``: there is nothing to conflict with. Records are cleared by :meth:`backward`
