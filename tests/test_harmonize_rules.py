@@ -222,6 +222,9 @@ def test_loss_level_parameters_get_the_weighted_plain_gradient():
                 loss_level=(model.bias,), loss_params=["bias"])  # fmt: skip
     with pytest.raises(ValueError, match="not parameters"):
         Harmonizer(model, method="gr", loss_params=["nope"])
+    harm = Harmonizer(model, method="gr", loss_params=["a.weight"])
+    with pytest.raises(ValueError, match=r"\['a\.weight'\] are used inside"):
+        harm.backward(_clip_losses(model)(model(x)))
 
 
 # -- the safety nets ------------------------------------------------------------------------

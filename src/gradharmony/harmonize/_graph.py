@@ -98,6 +98,9 @@ def analyse(losses, calls, params, names, batch, loss_params, outputs=()) -> Cov
             if hit:
                 covered[i] |= hit
                 sources[i].add(id(call.module))
+    inside = [names[i] for i in loss_params if covered.get(i)]
+    if inside:
+        raise ValueError(f"loss_params {inside} are used inside recorded layer calls")
     cov = Coverage()
     bad = []
     for i, node in acc.items():
