@@ -316,3 +316,10 @@ def test_subclasses_computing_their_parents_function_take_the_parents_rule():
     assert same_function_rule(scaled, x, scaled(x)) is None
     model = nn.Sequential(nn.Linear(3, 4), CastingLayerNorm(4), ScaledLinear(4, 3))
     _check(model, torch.randn(4, 3))
+
+
+def test_landings_pulled_back_in_chunks_of_groups(monkeypatch):
+    from gradharmony.harmonize import _graph
+
+    monkeypatch.setattr(_graph.Landings.__init__, "__defaults__", (1,))  # one group a pull
+    _check(TinyViT(), torch.randn(4, 4, 6), granularities=("sample",), methods=("both",))
