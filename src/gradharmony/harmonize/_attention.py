@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._generic import GenericWork
+from ._layers import _stacked_gram
 from ._rules import register_rule
 
 
@@ -55,33 +56,89 @@ class AttentionWork(GenericWork):
         m = self.module
         return m._qkv_same_embed_dim and m.bias_k is None and not m.add_zero_attn
 
-    def _per_group(self, call, slot: int, delta: Tensor) -> dict[str, Tensor]:
-        if slot != 0 or not self._direct():
-            return super()._per_group(call, slot, delta)
-        m, G = self.module, self.G
+    def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
+        if slot != 0 or not self._direct() or self.dense_names:
+            return super().absorb(index, loss, delta, slot)
+        self.reached = True
+        self.recompute_weight = True  # keep the rows: the update is recomputed from them
+        m, call = self.module, self.calls[index]
         if m.training and m.dropout > 0:
             raise RuntimeError("attention dropout > 0 cannot be replayed; set dropout=0")
         if not hasattr(self, "_cache"):
-            self._cache = {}
-        if id(call) not in self._cache:  # one recomputation serves every loss
-            self._cache[id(call)] = self._recompute(call)
-        inputs, proj, o = self._cache[id(call)]
+            self._cache, self._rows = {}, {}
+        if index not in self._cache:  # one recomputation serves every loss
+            self._cache[index] = self._recompute(call)
+        inputs, proj, o = self._cache[index]
         if not m.batch_first:
             delta = delta.transpose(0, 1)
-        e = o.shape[-1]
         d_o = delta.to(o.dtype) @ m.out_proj.weight.detach()
         with torch.enable_grad():
             d_proj = torch.autograd.grad(o, proj, d_o, retain_graph=True)
-        o = o.detach()
-        per_input = [_per_group(x, d, G) for x, d in zip(inputs, d_proj)]
-        grads = {
-            "in_proj_weight": torch.cat(per_input, 1),
-            "out_proj.weight": _per_group(o, delta, G),
-            "out_proj.bias": delta.reshape(G, -1, e).sum(1),
-        }
-        if m.in_proj_bias is not None:
-            grads["in_proj_bias"] = torch.cat([d.reshape(G, -1, e).sum(1) for d in d_proj], 1)
-        return {name: grads[name] for name in call.covers}
+        rows = self._rows.setdefault(index, ([*inputs, o.detach()], [None] * self.L))
+        rows[1][loss] = [*d_proj, delta]
+
+    def finish(self, index: int) -> None:
+        getattr(self, "_cache", {}).pop(index, None)
+
+    def _blocks(self):
+        """Per parameter slice: (name, rows) with rows ``[(A, [Delta per loss])]`` per call;
+        the three in_proj blocks (q, k, v) and out_proj."""
+        covers = self.calls[0].covers
+        for b, (w, bias) in enumerate([("in_proj_weight", "in_proj_bias")] * 3
+                                      + [("out_proj.weight", "out_proj.bias")]):  # fmt: skip
+            calls = [(inputs[b], [None if d is None else d[b] for d in deltas])
+                     for inputs, deltas in self._rows.values()]  # fmt: skip
+            yield b, w if w in covers else None, bias if bias in covers else None, calls
+
+    def gram(self) -> Tensor:
+        if not getattr(self, "_rows", None):
+            return super().gram()
+        G, L = self.G, self.L
+        out = torch.zeros(G, L, L, dtype=torch.float64, device=self.device)
+        for _, w, bias, calls in self._blocks():
+            for name, grouped in ((w, _per_group), (bias, _bias_per_group)):
+                if name is None:
+                    continue
+                per_loss = [None] * L
+                for a, deltas in calls:  # every call of the module: cross-call terms
+                    for l, d in enumerate(deltas):
+                        if d is not None:
+                            g = grouped(a, d, G)
+                            per_loss[l] = g if per_loss[l] is None else per_loss[l] + g
+                reached = [l for l in range(L) if per_loss[l] is not None]
+                if reached:
+                    stacked = torch.stack([per_loss[l].reshape(G, -1) for l in reached])
+                    out += _stacked_gram(stacked, reached, L)
+        return out
+
+    def update(self, weights: Tensor) -> dict[str, Tensor]:
+        if not getattr(self, "_rows", None):
+            return super().update(weights)
+        w = weights.float().to(self.device)
+        parts: dict[str, list] = {}
+        for _, wname, bname, calls in self._blocks():
+            total_w = total_b = None
+            for a, deltas in calls:
+                comb = None
+                for l, d in enumerate(deltas):
+                    if d is not None:
+                        rep = w[:, l].repeat_interleave(d.shape[0] // self.G)
+                        term = d.float() * rep.view(-1, *[1] * (d.dim() - 1))
+                        comb = term if comb is None else comb + term
+                if comb is None:
+                    continue
+                gw = comb.reshape(-1, comb.shape[-1]).T @ a.float().reshape(-1, a.shape[-1])
+                gb = comb.reshape(-1, comb.shape[-1]).sum(0)
+                total_w = gw if total_w is None else total_w + gw
+                total_b = gb if total_b is None else total_b + gb
+            for name, g in ((wname, total_w), (bname, total_b)):
+                if name is not None and g is not None:
+                    parts.setdefault(name, []).append(g)
+        return {name: torch.cat(gs, 0) for name, gs in parts.items()}
+
+    def release(self) -> None:
+        super().release()
+        self._rows = {}
 
     def _recompute(self, call):
         """Batch-first query/key/value, their projections (leaves) and the attention output
@@ -107,8 +164,11 @@ class AttentionWork(GenericWork):
             self._check_rows(y, call.check)
         return (q, k, v), proj, o
 
-    def finish(self, index: int) -> None:
-        getattr(self, "_cache", {}).pop(id(self.calls[index]), None)
+
+
+def _bias_per_group(x: Tensor, d: Tensor, groups: int) -> Tensor:
+    """``[G, out]``: each group's ``sum_rows d``."""
+    return d.float().reshape(groups, -1, d.shape[-1]).sum(1)
 
 
 def _opt(t: Tensor | None) -> Tensor | None:
