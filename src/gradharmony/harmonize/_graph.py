@@ -187,7 +187,7 @@ class Landings:
     gradient: its graph is then untouched.
     """
 
-    def __init__(self, landings: dict, groups: int, num_losses: int, chunk_elems: int = 1 << 24):
+    def __init__(self, landings: dict, groups: int, num_losses: int, chunk_elems: int = 1 << 22):
         self.landings, self.G, self.L = landings, groups, num_losses
         self.chunk_elems = chunk_elems
         self.edges = [GradientEdge(node, 0) for node in landings]
