@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench table1 table2 clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/harmonizer_overhead.py
 	$(PY) benchmarks/harmonizer_models.py
+
+table1: $(STAMP)
+	$(VENV)/bin/gradharmony experiment table1 --out runs/table1 --data data/study --make-data --finetune baseline,both
+
+table2: $(STAMP)
+	$(VENV)/bin/gradharmony experiment table2 --out runs/table2 --data data/study --make-data && $(VENV)/bin/gradharmony experiment gamma --out runs/gamma --data data/study
 
 clean:
 	rm -rf $(VENV) runs data build *.egg-info src/*.egg-info

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from gradharmony.train.build import build_batches, build_model
 from gradharmony.train.config import load_config
 from gradharmony.train.distributed import DistContext
-from gradharmony.train.loop import _make_harmonizer, build_batches, build_model, cma_losses
+from gradharmony.train.state import make_harmonizer
+from gradharmony.train.step import cma_losses
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = [("plain", "batch"), ("baseline", "batch"), ("rw-va", "batch"), ("gradvac", "batch"),
@@ -40,7 +42,7 @@ class _Runner:
         self.model = build_model(cfg).to(device).train()
         self.plain = cfg.method == "plain"
         if not self.plain:
-            self.harm = _make_harmonizer(cfg, self.model)
+            self.harm = make_harmonizer(cfg, self.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr)
         ctx = DistContext(0, 1, 0, device)
         self.batch = {k: v.to(device) if torch.is_tensor(v) else v

@@ -1,8 +1,6 @@
 """The conjecture during training: cosines logged with clip keys and per-triplet losses, and the
 report's AUROC over training stages from them."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,7 @@ from gradharmony.report.conjecture import read_truth, stage_aurocs, training_row
 from gradharmony.train.config import load_config
 from gradharmony.train.loop import pretrain
 from gradharmony.train.rundir import RunLog, load_conflict_records, load_conflicts, read_metrics
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+from tests.test_train_standin import STANDIN_OVERRIDES
 
 
 def test_training_logs_keys_and_per_triplet_losses(tmp_path):

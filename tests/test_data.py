@@ -31,7 +31,7 @@ from gradharmony.data import dataset as dataset_module
 from gradharmony.data.cli import main_build_vocab
 from gradharmony.data.collate import collate
 from gradharmony.data.writer import ShardWriter, encode_mp4
-from media import garble_audio
+from tests.media import garble_audio
 
 SRC_FPS, SRC_FRAMES, SRC_RATE = 8, 12, 16000  # 1.5 s source clips
 SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)

@@ -95,7 +95,7 @@ def test_training_from_the_cache_augments_deterministically(shards, tok, tmp_pat
 
 
 def test_throughput_report(shards, tok, tmp_path):
-    from gradharmony.data.cache import throughput
+    from gradharmony.data.throughput import throughput
 
     out = throughput(shards, SPEC, tok, tmp_path, clips=8, batch_size=4)
     assert out["live_clips_per_s"] > 0 and out["cache_clips_per_s"] > 0

@@ -13,7 +13,7 @@ from gradharmony.data import ClipSpec, TextTokenizer, iter_tar_groups, make_load
 from gradharmony.data.cli import main_make_shards
 from gradharmony.data.make_shards import neighbor_order
 from gradharmony.data.writer import encode_mp4
-from media import garble_audio
+from tests.media import garble_audio
 
 FPS, RATE, HZ = 10, 16000, 440.0
 

@@ -378,7 +378,7 @@ PRETRAIN = [
     "--quiet", "steps=4", "batch_size=4", "log_every=2", "ckpt_every=2", "method=both",
     "granularity=sample", "data.kind=shards", "data.frames=2", "data.fps=4.0", "data.size=8",
     "data.crop=8", "data.audio_rate=8000", "data.clip_seconds=1.0", "data.text_len=3",
-    "data.candidates=2", "data.retry_backoff=0.01", "model.preset=test_train_standin:standin",
+    "data.candidates=2", "data.retry_backoff=0.01", "model.preset=tests.test_train_standin:standin",
     "model.kwargs.frames=2", "model.kwargs.size=8", "model.kwargs.samples=8000",
     "model.kwargs.vocab=20", "optim.lr=0.01", "optim.min_lr=0.001", "optim.warmup_steps=1",
 ]

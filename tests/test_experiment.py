@@ -2,17 +2,13 @@
 half-finished runs from their checkpoint (tiny stand-in runs of a few steps)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from gradharmony.experiment import Experiment, ExperimentError, RunSpec
 from gradharmony.experiment.cli import main as experiment_main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+from tests.test_train_standin import STANDIN_OVERRIDES
 
 BASE = [*STANDIN_OVERRIDES, "steps=5", "ckpt_every=2", "granularity=sample", "device=cpu"]
 
@@ -111,7 +107,7 @@ def test_evidence_end_to_end_on_tiny_shards(tmp_path):
 
     from gradharmony.data.writer import write_shards
     from gradharmony.experiment.evidence import run_evidence
-    from test_evaluate_cli import MODEL, _clip
+    from tests.test_evaluate_cli import MODEL, _clip
 
     rng = np.random.default_rng(0)
     words = ["red", "green", "blue"]
@@ -157,7 +153,7 @@ def test_drop_comparison_removed_update_equals_training_on_the_kept_triplets_onl
     from gradharmony.harmonize import Harmonizer
     from gradharmony.train.batches import RandomTriplets
     from gradharmony.train.loop import per_triplet_losses
-    from test_train_standin import standin
+    from tests.test_train_standin import standin
 
     torch.manual_seed(0)
     model = standin(frames=2, size=4, samples=32, vocab=20)

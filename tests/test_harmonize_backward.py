@@ -6,18 +6,13 @@ identical, independently built graph.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch.autograd.graph import get_gradient_edge
 
 from gradharmony.harmonize import Harmonizer
 from gradharmony.harmonize._backward import OutputGradients
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_harmonize_helpers import TinyTriModal, losses_of, make_batch  # noqa: E402
+from tests.test_harmonize_helpers import TinyTriModal, losses_of, make_batch
 
 
 def _graph(kind: str, seed: int = 0):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_harmonize_helpers import DDP_CASES, TinyTriModal, ddp_worker, make_batch, run_cases  # noqa: E402,I001
+from tests.test_harmonize_helpers import DDP_CASES, TinyTriModal, ddp_worker, make_batch, run_cases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,19 +3,15 @@ bf16 autocast, checkpointing, L > 2, and bad input leaving p.grad untouched."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gradharmony.harmonize import Harmonizer, gram_cosine, pcgrad_weights  # noqa: E402
-from harmonize_oracle import check_model  # noqa: E402
-from test_harmonize_helpers import (  # noqa: E402
+from gradharmony.harmonize import Harmonizer, gram_cosine, pcgrad_weights
+from tests.harmonize_oracle import check_model
+from tests.test_harmonize_helpers import (
     TinyTriModal,
     flat_grad,
     losses_of,

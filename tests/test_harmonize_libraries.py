@@ -10,15 +10,13 @@ extra); without them these tests are skipped, so run them with
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmonize_oracle import check_model  # noqa: E402
-from library_models import MODELS, B  # noqa: E402
+from tests.harmonize_oracle import check_model
+from tests.library_models import MODELS, B
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +32,7 @@ def test_library_model_matches_the_oracle(name):
 
 
 def test_the_documented_open_clip_example_runs():
-    from library_models import import_library
+    from tests.library_models import import_library
 
     import_library("open_clip")
     doc = (Path(__file__).parent.parent / "docs" / "harmonize.md").read_text()

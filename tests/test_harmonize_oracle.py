@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gradharmony.harmonize import Harmonizer, realign  # noqa: E402
-from test_harmonize_helpers import (  # noqa: E402
+from gradharmony.harmonize import Harmonizer, realign
+from tests.test_harmonize_helpers import (
     TinyTriModal,
     flat_grad,
     losses_of,

@@ -6,16 +6,12 @@ pooler computed from the last hidden state)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from harmonize_oracle import check_model, oracle  # noqa: E402
+from tests.harmonize_oracle import check_model, oracle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 B = 8

@@ -3,20 +3,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-from gradharmony.harmonize import Harmonizer, register_rule  # noqa: E402
-from gradharmony.harmonize._generic import GenericWork  # noqa: E402
-from gradharmony.harmonize._layers import NormWork  # noqa: E402
-from gradharmony.harmonize._rules import rule_for, unregister_rule  # noqa: E402
-from harmonize_oracle import check_model  # noqa: E402
+from gradharmony.harmonize import Harmonizer, register_rule
+from gradharmony.harmonize._generic import GenericWork
+from gradharmony.harmonize._layers import NormWork
+from gradharmony.harmonize._rules import rule_for, unregister_rule
+from tests.harmonize_oracle import check_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,8 +9,6 @@ and that the marker was not created.
 import pathlib
 import pickle
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,7 @@ from omegaconf import OmegaConf
 
 from gradharmony.cli import main as gradharmony
 from gradharmony.train.runfiles import RunFileError, read_config, read_npz
-
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+from tests.test_train_standin import STANDIN_OVERRIDES
 
 
 class Touch:
@@ -142,8 +137,7 @@ def test_demo_refuses_a_malicious_checkpoint(tmp_path, capsys):
 
 
 def _report_run(root, marker):
-    sys.path.insert(0, str(TESTS))
-    from test_report import _fake_run
+    from tests.test_report import _fake_run
 
     run = _fake_run(root, "r", "gr", 0, 20.0, np.random.default_rng(0))
     _evil_checkpoint(run / "checkpoints" / "last.pt", marker)

@@ -2,7 +2,6 @@
 per-kind AUROCs, the cluster bootstrap, has_audio masking; each against an independent oracle."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,7 @@ from gradharmony.evaluate.scoring import detection_aurocs
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import create_model
 from gradharmony.train.loop import per_triplet_losses
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_evaluate_cli import DATA, MODEL, _clip  # noqa: E402
+from tests.test_evaluate_cli import DATA, MODEL, _clip
 
 EMB = ("video_va", "audio_va", "video_vt", "text_vt")
 

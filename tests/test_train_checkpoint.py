@@ -39,8 +39,6 @@ def test_rng_states_round_trip():
 # -- the plain format, older checkpoints, kept checkpoints ------------------------------------
 
 import pathlib  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from gradharmony.train.checkpoint import (  # noqa: E402
     find_checkpoint,
@@ -49,10 +47,7 @@ from gradharmony.train.checkpoint import (  # noqa: E402
     save_checkpoint,
 )
 from gradharmony.train.runfiles import RunFileError  # noqa: E402
-
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))
-from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+from tests.test_train_standin import STANDIN_OVERRIDES  # noqa: E402
 
 
 def _pretrain(tmp_path, *extra):
@@ -175,8 +170,8 @@ def test_load_run_takes_a_kept_step(tmp_path):
 
     _pretrain(tmp_path, "steps=4", "keep_every=2", "name=e")
     run = tmp_path / "e"
-    factory = "test_train_standin:standin"
-    with pytest.raises(RunFileError, match="--allow-model-factory test_train_standin:standin"):
+    factory = "tests.test_train_standin:standin"
+    with pytest.raises(RunFileError, match=f"--allow-model-factory {factory}"):
         load_run(run, checkpoint=2)
     loaded = load_run(run, checkpoint=2, allow_factory=factory)
     assert loaded.step == 2 and loaded.checkpoint.name == "step_00000002.pt"

@@ -11,11 +11,10 @@ import torch
 
 from gradharmony.train.config import load_config
 from gradharmony.train.loop import pretrain
+from tests.test_train_standin import STANDIN_OVERRIDES
 
-TESTS = Path(__file__).parent
-SRC = TESTS.parent / "src"
-sys.path.insert(0, str(TESTS))
-from test_train_standin import STANDIN_OVERRIDES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 CASES = {"both-sample": ["method=both", "granularity=sample", "gamma0=-0.2", "gamma_end=0.1"],
          "gr-batch": ["method=gr", "granularity=batch"]}
@@ -42,7 +41,7 @@ def _free_port() -> int:
 def test_two_gloo_ranks_match_one_process(tmp_path):
     runs = {name: [*STANDIN_OVERRIDES, *COMMON, *extra, f"run_dir={tmp_path / 'ddp'}"]
             for name, extra in CASES.items()}
-    path = os.pathsep.join(filter(None, [str(TESTS), str(SRC), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(ROOT), str(SRC), os.environ.get("PYTHONPATH")]))
     port = _free_port()
     procs = []
     for rank in range(2):

@@ -17,11 +17,10 @@ from gradharmony.train.batches import RandomTriplets
 from gradharmony.train.config import load_config
 from gradharmony.train.loop import NonFiniteError, pretrain
 from gradharmony.train.rundir import load_conflicts, read_metrics
+from tests.test_train_standin import STANDIN_OVERRIDES, standin
 
-TESTS = Path(__file__).parent
-SRC = TESTS.parent / "src"
-sys.path.insert(0, str(TESTS))
-from test_train_standin import STANDIN_OVERRIDES, standin  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 
 
 def _cfg(tmp_path, *extra):
@@ -123,7 +122,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path):
 
 
 def _launch(run_dir, name, *extra):
-    path = os.pathsep.join(filter(None, [str(TESTS), str(SRC), os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(ROOT), str(SRC), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "gradharmony.cli", "pretrain", "--quiet", *STANDIN_OVERRIDES,
            f"run_dir={run_dir}", f"name={name}", *extra]

@@ -1,8 +1,9 @@
 """A tiny harmonizer-compatible stand-in for VATT, importable by the trainer subprocesses.
 
-``model.preset=test_train_standin:standin`` (with this folder on PYTHONPATH) builds it. It
-follows the model output contract of docs/architecture.md with one shared layer used by the
-video, audio and text passes, LayerNorm and an Embedding, and no randomness in forward.
+``model.preset=tests.test_train_standin:standin`` (with the repository root on PYTHONPATH)
+builds it. It follows the model output contract of docs/architecture.md with one shared layer
+used by the video, audio and text passes, LayerNorm and an Embedding, and no randomness in
+forward.
 """
 
 import time
@@ -48,7 +49,7 @@ def standin(modality_agnostic=True, **kwargs):
 STANDIN_OVERRIDES = [
     "data.kind=random", "data.frames=2", "data.size=4", "data.crop=4", "data.audio_rate=16",
     "data.clip_seconds=2", "data.text_len=3", "data.candidates=2", "data.vocab_size=20",
-    "model.preset=test_train_standin:standin", "model.kwargs.frames=2", "model.kwargs.size=4",
+    "model.preset=tests.test_train_standin:standin", "model.kwargs.frames=2", "model.kwargs.size=4",
     "model.kwargs.samples=32", "model.kwargs.vocab=20", "optim.lr=0.01", "optim.min_lr=0.001",
     "optim.warmup_steps=2", "batch_size=8", "log_every=2", "ckpt_every=3",
 ]

@@ -178,7 +178,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     """Test accuracy of a logistic-regression probe on frozen features (standardised).
 
     Example:
-        >>> x = torch.randn(200, 4); y = (x[:, 0] > 0).long()
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(200, 4, generator=g); y = (x[:, 0] > 0).long()
         >>> linear_probe(x[:100], y[:100], x[100:], y[100:]) > 0.9
         True
     """
@@ -282,7 +283,7 @@ def train_av(train: dict, test: dict, cfg: AVConfig, teachers: dict | None = Non
     check_batch(test, mods, num_classes)
     if teachers is not None and cfg.method != "umt":
         raise ValueError(f"teachers are only used by method 'umt', not {cfg.method!r}")
-    teacher_info = {}
+    teacher_info, targets = {}, None
     if cfg.method == "umt":
         if teachers is None:
             teachers, teacher_info = train_teachers(train, test, cfg)
@@ -292,101 +293,26 @@ def train_av(train: dict, test: dict, cfg: AVConfig, teachers: dict | None = Non
     gen = torch.Generator().manual_seed(cfg.seed)
     dims = {m: int(train[m].shape[-1]) for m in mods}
     model = AVClassifier(dims, num_classes, cfg.fusion, cfg.encoder, cfg.dim)
-
-    fit, held = train, None
+    fit, held, fit_probe = train, None, None
     if cfg.method == "gblend":
         perm = torch.randperm(len(train["label"]), generator=gen)
         n_held = max(1, int(round(cfg.gblend_holdout * len(perm))))
         held, fit = _subset(train, perm[:n_held]), _subset(train, perm[n_held:])
         fit_probe = _subset(fit, torch.arange(min(len(fit["label"]), 4 * n_held)))
-    tracker = None
-    if cfg.method == "atf":
-        atf = cfg.atf_config()
-        tracker = TrackingFactor(mods, atf.rate, atf.power, atf.smoothing, atf.init,
-                                 atf.min_factor, atf.max_factor)
-        enc_ids = {id(p) for m in mods for p in model.encoders[m].parameters()}
-        groups = [{"params": list(model.encoders[m].parameters()), "modality": m,
-                   "lr": cfg.base_lr * atf.init} for m in mods]
-        groups.append({"params": [p for p in model.parameters() if id(p) not in enc_ids],
-                       "modality": None})
-        opt = _optimizer(cfg, groups)
-    else:
-        opt = _optimizer(cfg, model.parameters())
-
-    ogm = None
-    if cfg.method in ("ogm", "ogm-ge"):
-        ogm = OGMConfig(cfg.alpha, cfg.form, cfg.method == "ogm-ge", tuple(cfg.window),
-                        cfg.ogm_params)
-        ogm_params = {m: select_parameters(model.encoders[m], ogm.params) for m in mods}
-    branches = (*mods, "fused")
-    weights = {b: 1.0 / len(branches) for b in branches}
-    hist = {"rho": {m: [] for m in mods}, "coef": {m: [] for m in mods}, "loss": [],
-            "train_acc": [], "gblend_weights": [], "epoch_of_step": [],
-            "atf_factor": {m: [] for m in mods} if tracker else {}}
-    snapshot = None
-    n = len(fit["label"])
+    run = _AVTraining.start(cfg, model, gen, targets)
     bar = tqdm(range(cfg.epochs), desc=f"train-av {cfg.method}/{cfg.fusion}",
                disable=not cfg.progress, leave=False)
     for epoch in bar:
         if cfg.method == "gblend" and epoch % cfg.gblend_super_epoch == 0:
-            now = (_branch_losses(model, fit_probe), _branch_losses(model, held))
-            if snapshot is not None:
-                weights = gblend_weights(snapshot[0], snapshot[1], now[0], now[1])
-            snapshot = now
-            hist["gblend_weights"].append(dict(weights))
-        perm = torch.randperm(n, generator=gen)
-        tot_loss, correct = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            batch = _subset(fit, idx)
-            y = batch["label"]
-            drop = None
-            if cfg.method == "mdrop":
-                drop = modality_drop_masks(len(y), mods, cfg.mdrop_rate, cfg.mdrop_target, gen)
-            out = model(batch, drop=drop)
-            fused = F.cross_entropy(out["logits"], y)
-            if cfg.method == "gblend":
-                loss = weights["fused"] * fused + sum(
-                    weights[m] * F.cross_entropy(out["unimodal"][m], y) for m in mods)
-            else:
-                loss = fused
-            if cfg.method == "umt":
-                loss = loss + distillation_loss(out["features"],
-                                                {m: targets[m][idx] for m in mods},
-                                                cfg.umt_weight)
-            if tracker is not None:
-                signal = _atf_signal(model, out, y, cfg.atf_signal)
-                # the heads are trained on detached features: they measure, never push
-                if cfg.atf_signal == "head":
-                    loss = loss + sum(signal.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tracker is not None:
-                factors = tracker.update({m: float(v.detach()) for m, v in signal.items()})
-                for group in opt.param_groups:
-                    if group["modality"] is not None:
-                        group["lr"] = cfg.base_lr * factors[group["modality"]]
-                for m in mods:
-                    hist["atf_factor"][m].append(factors[m])
-            coef = {m: 1.0 for m in mods}
-            if len(mods) > 1:
-                scores = modality_scores(out["slices"], y)
-                ratios = discrepancy_ratios(scores)
-                for m in mods:
-                    hist["rho"][m].append(ratios[m])
-                if ogm is not None and ogm.active(epoch):
-                    coef = ogm_coefficients(scores, ogm.alpha, ogm.form)
-                    modulate_gradients(ogm_params, coef, ogm.ge, ogm.ge_modalities, gen)
-                for m in mods:
-                    hist["coef"][m].append(coef[m])
-            hist["epoch_of_step"].append(epoch)
-            opt.step()
-            tot_loss += float(fused.detach()) * len(y)
-            correct += int((out["logits"].argmax(1) == y).sum())
-        hist["loss"].append(tot_loss / n)
-        hist["train_acc"].append(correct / n)
-        bar.set_postfix(loss=f"{tot_loss / n:.3f}", acc=f"{correct / n:.3f}")
+            run.update_gblend_weights(fit_probe, held)
+        loss, acc = run.epoch(fit, epoch)
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+    return _results(model, train, test, cfg, run.hist, teacher_info)
 
+
+def _results(model: AVClassifier, train: dict, test: dict, cfg: AVConfig, hist: dict,
+             teacher_info: dict) -> dict:
+    mods = cfg.modalities
     out_tr, out_te = _forward_all(model, train), _forward_all(model, test)
     yte = test["label"]
     return {
@@ -400,6 +326,138 @@ def train_av(train: dict, test: dict, cfg: AVConfig, teachers: dict | None = Non
         "umt_teachers": teacher_info,
         "model": model,
     }
+
+
+@dataclass
+class _AVTraining:
+    """One :func:`train_av` run between steps: the model, its optimizer, the balancing
+    method's state and the history."""
+
+    cfg: AVConfig
+    model: AVClassifier
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    tracker: TrackingFactor | None
+    ogm: OGMConfig | None
+    ogm_params: dict
+    targets: dict | None
+    weights: dict
+    hist: dict
+    snapshot: tuple | None = None
+
+    @classmethod
+    def start(cls, cfg: AVConfig, model: AVClassifier, gen: torch.Generator,
+              targets: dict | None) -> _AVTraining:
+        mods = cfg.modalities
+        tracker = None
+        if cfg.method == "atf":
+            atf = cfg.atf_config()
+            tracker = TrackingFactor(mods, atf.rate, atf.power, atf.smoothing, atf.init,
+                                     atf.min_factor, atf.max_factor)
+            enc_ids = {id(p) for m in mods for p in model.encoders[m].parameters()}
+            groups = [{"params": list(model.encoders[m].parameters()), "modality": m,
+                       "lr": cfg.base_lr * atf.init} for m in mods]
+            groups.append({"params": [p for p in model.parameters() if id(p) not in enc_ids],
+                           "modality": None})
+            opt = _optimizer(cfg, groups)
+        else:
+            opt = _optimizer(cfg, model.parameters())
+        ogm, ogm_params = None, {}
+        if cfg.method in ("ogm", "ogm-ge"):
+            ogm = OGMConfig(cfg.alpha, cfg.form, cfg.method == "ogm-ge", tuple(cfg.window),
+                            cfg.ogm_params)
+            ogm_params = {m: select_parameters(model.encoders[m], ogm.params) for m in mods}
+        branches = (*mods, "fused")
+        weights = {b: 1.0 / len(branches) for b in branches}
+        hist = {"rho": {m: [] for m in mods}, "coef": {m: [] for m in mods}, "loss": [],
+                "train_acc": [], "gblend_weights": [], "epoch_of_step": [],
+                "atf_factor": {m: [] for m in mods} if tracker else {}}
+        return cls(cfg, model, gen, opt, tracker, ogm, ogm_params, targets, weights, hist)
+
+    def update_gblend_weights(self, fit_probe: dict, held: dict) -> None:
+        """G-Blend: reweight the branches by their generalisation over the last super-epoch."""
+        now = (_branch_losses(self.model, fit_probe), _branch_losses(self.model, held))
+        if self.snapshot is not None:
+            self.weights = gblend_weights(self.snapshot[0], self.snapshot[1], now[0], now[1])
+        self.snapshot = now
+        self.hist["gblend_weights"].append(dict(self.weights))
+
+    def epoch(self, fit: dict, epoch: int) -> tuple[float, float]:
+        """One pass over ``fit`` in a random order; its mean fused loss and accuracy."""
+        n = len(fit["label"])
+        perm = torch.randperm(n, generator=self.gen)
+        tot_loss, correct = 0.0, 0
+        for i in range(0, n, self.cfg.batch_size):
+            idx = perm[i:i + self.cfg.batch_size]
+            fused, hits = self.step(_subset(fit, idx), idx, epoch)
+            tot_loss += fused * len(idx)
+            correct += hits
+        self.hist["loss"].append(tot_loss / n)
+        self.hist["train_acc"].append(correct / n)
+        return tot_loss / n, correct / n
+
+    def _loss(self, out: dict, y: torch.Tensor, idx: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+        cfg, mods = self.cfg, self.cfg.modalities
+        fused = F.cross_entropy(out["logits"], y)
+        loss = fused
+        if cfg.method == "gblend":
+            loss = self.weights["fused"] * fused + sum(
+                self.weights[m] * F.cross_entropy(out["unimodal"][m], y) for m in mods)
+        if cfg.method == "umt":
+            loss = loss + distillation_loss(out["features"],
+                                            {m: self.targets[m][idx] for m in mods},
+                                            cfg.umt_weight)
+        signal = None
+        if self.tracker is not None:
+            signal = _atf_signal(self.model, out, y, cfg.atf_signal)
+            # the heads are trained on detached features: they measure, never push
+            if cfg.atf_signal == "head":
+                loss = loss + sum(signal.values())
+        return fused, loss, signal
+
+    def step(self, batch: dict, idx: torch.Tensor, epoch: int) -> tuple[float, int]:
+        """One optimizer step on ``batch`` (rows ``idx`` of the training set); its fused loss
+        and number of correct predictions."""
+        cfg, mods, y = self.cfg, self.cfg.modalities, batch["label"]
+        drop = None
+        if cfg.method == "mdrop":
+            drop = modality_drop_masks(len(y), mods, cfg.mdrop_rate, cfg.mdrop_target, self.gen)
+        out = self.model(batch, drop=drop)
+        fused, loss, signal = self._loss(out, y, idx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.tracker is not None:
+            self._track(signal)
+        self._balance(out, y, epoch)
+        self.hist["epoch_of_step"].append(epoch)
+        self.opt.step()
+        return float(fused.detach()), int((out["logits"].argmax(1) == y).sum())
+
+    def _track(self, signal: dict) -> None:
+        """ATF: the encoders' learning rates follow the tracking factor."""
+        factors = self.tracker.update({m: float(v.detach()) for m, v in signal.items()})
+        for group in self.opt.param_groups:
+            if group["modality"] is not None:
+                group["lr"] = self.cfg.base_lr * factors[group["modality"]]
+        for m in self.cfg.modalities:
+            self.hist["atf_factor"][m].append(factors[m])
+
+    def _balance(self, out: dict, y: torch.Tensor, epoch: int) -> None:
+        """The discrepancy ratios, and OGM's gradient modulation when active."""
+        mods = self.cfg.modalities
+        coef = {m: 1.0 for m in mods}
+        if len(mods) > 1:
+            scores = modality_scores(out["slices"], y)
+            ratios = discrepancy_ratios(scores)
+            for m in mods:
+                self.hist["rho"][m].append(ratios[m])
+            if self.ogm is not None and self.ogm.active(epoch):
+                coef = ogm_coefficients(scores, self.ogm.alpha, self.ogm.form)
+                modulate_gradients(self.ogm_params, coef, self.ogm.ge, self.ogm.ge_modalities,
+                                   self.gen)
+            for m in mods:
+                self.hist["coef"][m].append(coef[m])
 
 
 def _atf_signal(model, out, y, signal: str) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ Names are imported on first use, so ``import gradharmony.data`` stays cheap.
 - :func:`encode_mp4`, :class:`ShardWriter`, :func:`write_shards`: writing shards
 - :func:`generate_synthetic` (``gradharmony.data.synthetic.generate.generate``),
   :class:`ClipSize`, :class:`NoiseConfig`, :func:`noise_config`,
-  :func:`av_classification_arrays`, :class:`AVConfig`: the synthetic benchmark
+  :func:`av_classification_arrays`, :class:`AVClassConfig`: the synthetic benchmark
 
 Example:
     >>> from gradharmony.data import ClipSpec
@@ -31,15 +31,16 @@ _EXPORTS = {
     **{n: ("decode", n) for n in ("ClipSpec", "SampleError", "decode_clip", "decode_clip_raw",
                                   "augment_frames")},
     "TextTokenizer": ("text", "TextTokenizer"),
-    **{n: ("dataset", n) for n in ("ShardSet", "SkipCounter", "SKIP_REASONS", "ClipLoader",
-                                   "TriModalDataset", "make_loader", "iter_tar_groups")},
+    **{n: ("sources", n) for n in ("ShardSet", "SkipCounter", "SKIP_REASONS")},
+    **{n: ("dataset", n) for n in ("ClipLoader", "TriModalDataset", "make_loader")},
+    "iter_tar_groups": ("streams", "iter_tar_groups"),
     "build_cache": ("cache", "build_cache"),
     "open_cache": ("cache", "open_cache"),
     "make_shards": ("make_shards", "make_shards"),
     **{n: ("writer", n) for n in ("encode_mp4", "ShardWriter", "write_shards")},
     "generate_synthetic": ("synthetic.generate", "generate"),
     **{n: ("synthetic.plan", n) for n in ("ClipSize", "NoiseConfig", "noise_config")},
-    **{n: ("synthetic", n) for n in ("av_classification_arrays", "AVConfig")},
+    **{n: ("synthetic", n) for n in ("av_classification_arrays", "AVClassConfig")},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 
 Decoding H.264 + AAC for a batch of 64 clips on two cores takes longer than a training step of
 the tiny model, so the demo trains from a cache. :func:`build_cache` decodes each usable clip
-of a :class:`~gradharmony.data.dataset.ShardSet` with the evaluation window (centred in
+of a :class:`~gradharmony.data.sources.ShardSet` with the evaluation window (centred in
 time) to the pre-crop frames (``uint8 [T, size, size, 3]``) and the audio (int16), and writes
 them to two memory-mapped arrays in ``CACHE_DIR/NAME-HASH/``, where the hash covers the shard
 paths, sizes and modification times, the :class:`~gradharmony.data.decode.ClipSpec` and the
@@ -32,14 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradharmony.data.dataset import (
-    RETRY_REASON,
-    VIDEO_EXTS,
-    ShardSet,
-    SkipCounter,
-    TarSource,
-)
 from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+from gradharmony.data.sources import RETRY_REASON, VIDEO_EXTS, ShardSet, SkipCounter, TarSource
 from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, iter_tar_groups
 
 CACHE_VERSION = 1
@@ -245,68 +239,3 @@ def open_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLike
         dist.barrier()
         path = cache_path(shard_set, spec, cache_dir)
     return CacheSource(shard_set, spec, path)
-
-
-def throughput(sets, spec: ClipSpec, tokenizer, cache_dir: str | os.PathLike, *,
-               clips: int = 256, batch_size: int = 64, num_workers: int = 0) -> dict:
-    """Clips per second of training batches: live decoding, building the cache, the cache.
-
-    Measured side by side in one call (the cache is built in ``cache_dir`` if missing).
-    """
-    import time
-
-    from gradharmony.data.dataset import _as_sets, make_loader
-
-    def rate(**kw) -> float:
-        loader = make_loader(sets, spec, tokenizer, batch_size=batch_size, train=True,
-                             num_workers=num_workers, **kw)
-        start, seen = time.perf_counter(), 0
-        for batch in loader:
-            seen += len(batch["key"])
-            if seen >= clips:
-                break
-        return seen / (time.perf_counter() - start)
-
-    live = rate()
-    missing = [s for s in _as_sets(sets)
-               if not (cache_path(s, spec, cache_dir) / "meta.json").is_file()]
-    start = time.perf_counter()
-    for s in missing:
-        build_cache(s, spec, cache_dir, progress=False)
-    build_s = time.perf_counter() - start
-    n_rows = sum(CacheSource(s, spec, cache_path(s, spec, cache_dir)).size
-                 for s in _as_sets(sets))
-    cached = rate(cache_dir=cache_dir)
-    return {"live_clips_per_s": live, "cache_clips_per_s": cached,
-            "build_clips_per_s": n_rows / build_s if missing else None,
-            "speedup": cached / live, "num_workers": num_workers}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m gradharmony.data.cache SHARDS --vocab V --cache DIR``: print throughput."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m gradharmony.data.cache",
-                                description="clips/s: live decoding vs the decoded-clip cache")
-    p.add_argument("shards")
-    p.add_argument("--vocab", required=True)
-    p.add_argument("--cache", required=True)
-    p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    p.add_argument("--spec", default="16,8,64,64,16000,2",
-                   help="frames,fps,size,crop,audio_rate,seconds")
-    args = p.parse_args(argv)
-    f = args.spec.split(",")
-    spec = ClipSpec(int(f[0]), float(f[1]), int(f[2]), int(f[3]), int(f[4]), float(f[5]))
-    import torch
-
-    torch.set_num_threads(1)
-    for w in args.workers:
-        print(json.dumps(throughput(args.shards, spec, args.vocab, args.cache, clips=args.clips,
-                                    batch_size=args.batch_size, num_workers=w)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

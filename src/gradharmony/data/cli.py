@@ -20,8 +20,7 @@ from gradharmony.cli import (
     positive_float,
     writable_path,
 )
-from gradharmony.data.dataset import ShardSet
-from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, iter_tar_groups
+from gradharmony.data.narrations import narrations
 
 
 def main_make_shards(argv: list[str] | None = None) -> int:
@@ -63,37 +62,6 @@ def main_make_shards(argv: list[str] | None = None) -> int:
         print("gradharmony make-shards: no clip written", file=sys.stderr)
         return 1
     return 0
-
-
-def narrations(patterns: list[str], progress: bool = True, skipped: dict | None = None,
-               retries: int = DEFAULT_RETRIES, retry_backoff: float = DEFAULT_BACKOFF):
-    """Yield the narrations of the shards matching ``patterns``: each non-empty ``.txt`` and
-    the ``neighbors`` of each ``.json`` (so candidates from clips outside the set are known).
-
-    Patterns may be URLs (:mod:`gradharmony.data.streams`); each shard is read once (a remote
-    one re-opened up to ``retries`` times when its stream fails). Shards that fail are
-    counted by reason into ``skipped``."""
-    from tqdm import tqdm
-
-    skipped = {} if skipped is None else skipped
-    for path in tqdm(ShardSet(patterns).paths(), desc="reading narrations", unit="shard",
-                     disable=not progress):
-        for group in iter_tar_groups(path, retries=retries, backoff=retry_backoff):
-            if isinstance(group, Exception):
-                skipped[group.reason] = skipped.get(group.reason, 0) + 1
-                break
-            _, files = group
-            try:
-                text = files.get("txt", b"").decode("utf-8").strip()
-                meta = json.loads(files["json"]) if "json" in files else {}
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if text:
-                yield text
-            neighbors = meta.get("neighbors") if isinstance(meta, dict) else None
-            for n in neighbors if isinstance(neighbors, list) else []:
-                if isinstance(n, str) and n.strip():
-                    yield n
 
 
 def main_build_vocab(argv: list[str] | None = None) -> int:

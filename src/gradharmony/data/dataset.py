@@ -51,155 +51,31 @@ Example:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gradharmony.data.cache import open_cache
 from gradharmony.data.collate import collate, video_to_float
-from gradharmony.data.decode import ClipSpec, SampleError, augment_frames, decode_clip_raw
-from gradharmony.data.streams import (
-    DEFAULT_BACKOFF,
-    DEFAULT_RETRIES,
-    check_backend,
-    is_url,
-    iter_tar_groups,
+from gradharmony.data.decode import ClipSpec, SampleError, augment_frames
+from gradharmony.data.sources import (
+    RETRY_REASON,
+    ShardSet,
+    SkipCounter,
+    StreamItem,
+    TarSource,
+    shard_sets,
 )
+from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, iter_tar_groups
 
-#: Stable strings under which skipped samples are counted.
-SKIP_REASONS = ("missing_video", "missing_txt", "missing_json", "bad_json", "empty_text",
-                "corrupt_video", "too_short", "bad_audio", "truncated_tar", "unreadable_shard",
-                "decode_error")
-#: Counted with the skips but not a skipped clip: a remote shard stream re-opened after a
-#: failure (its clips are delivered once). Not part of :attr:`SkipCounter.total`.
-RETRY_REASON = "shard_retry"
-VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov")
 #: Readers split a set by shards only when it has this many shards per reader or more (the
 #: readers' shares then differ by at most 1/8); otherwise they split it clip by clip.
 SHARDS_PER_READER = 8
-
-
-class SkipCounter:
-    """Counts of skipped samples by reason (a reason is any string; see :data:`SKIP_REASONS`).
-
-    Example:
-        >>> c = SkipCounter({"bad_audio": 2})
-        >>> c.update({"bad_audio": 1, "too_short": 1})
-        >>> c["bad_audio"], c.total
-        (3, 4)
-    """
-
-    def __init__(self, counts: Mapping[str, int] | None = None) -> None:
-        self._counts: dict[str, int] = {}
-        if counts:
-            self.update(counts)
-
-    def add(self, reason: str, n: int = 1) -> None:
-        """Count ``n`` more samples skipped for ``reason``."""
-        self._counts[reason] = self._counts.get(reason, 0) + int(n)
-
-    def update(self, counts: Mapping[str, int]) -> None:
-        """Add another counter (or dict) to this one."""
-        for reason, n in dict(counts).items():
-            self.add(reason, n)
-
-    def __getitem__(self, reason: str) -> int:
-        return self._counts.get(reason, 0)
-
-    @property
-    def total(self) -> int:
-        """Number of skipped samples over all reasons (``shard_retry`` events excluded)."""
-        return sum(n for r, n in self._counts.items() if r != RETRY_REASON)
-
-    def as_dict(self) -> dict[str, int]:
-        """Counts sorted by reason, zero counts omitted."""
-        return {r: n for r, n in sorted(self._counts.items()) if n}
-
-    def __repr__(self) -> str:
-        return f"SkipCounter({self.as_dict()})"
-
-
-@dataclass
-class ShardSet:
-    """A set of shards sampled with ``weight`` in a mixture.
-
-    Args:
-        patterns: shard paths or patterns: brace ranges (``data/train-{000..009}.tar``) and
-            globs (``data/*.tar``) are expanded; a pattern matching nothing is an error.
-            URLs (``https://...``, ``pipe:COMMAND``, ``s3://...`` and other fsspec schemes;
-            :mod:`gradharmony.data.streams`) are brace-expanded but not globbed, and streamed.
-        weight: relative sampling weight in a mixture (> 0).
-        text: False for a set without narration (AudioSet-like): ``has_text=False``.
-        name: used in messages and cache directory names.
-
-    Example:
-        >>> ShardSet("no/such/dir/*.tar").paths()
-        Traceback (most recent call last):
-        ...
-        ValueError: ShardSet: pattern 'no/such/dir/*.tar' matches no file
-        >>> ShardSet("https://host/train-{00..02}.tar").paths()  # counted from the pattern
-        ['https://host/train-00.tar', 'https://host/train-01.tar', 'https://host/train-02.tar']
-    """
-
-    patterns: str | Sequence[str]
-    weight: float = 1.0
-    text: bool = True
-    name: str | None = None
-    _paths: list[str] | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.patterns, (str, os.PathLike)):
-            self.patterns = [str(self.patterns)]
-        self.patterns = [str(p) for p in self.patterns]
-        if not self.patterns:
-            raise ValueError("ShardSet: patterns is empty")
-        if not self.weight > 0:
-            raise ValueError(f"ShardSet {self.label}: weight must be > 0, got {self.weight}")
-
-    @property
-    def label(self) -> str:
-        """The name, or the patterns when unnamed."""
-        return self.name or ",".join(self.patterns)
-
-    def paths(self) -> list[str]:
-        """Sorted, de-duplicated shard paths (and URLs, taken as written after brace
-        expansion; a URL whose scheme needs a missing package is a ``ValueError``)."""
-        if self._paths is None:
-            from braceexpand import braceexpand
-
-            found: set[str] = set()
-            for pattern in self.patterns:
-                hits: list[str] = []
-                for p in braceexpand(pattern):
-                    if is_url(p):
-                        check_backend(p)
-                        hits.append(p)
-                    elif any(ch in p for ch in "*?["):
-                        hits += [h for h in glob.glob(p) if os.path.isfile(h)]
-                    elif os.path.isfile(p):
-                        hits.append(p)
-                if not hits:
-                    raise ValueError(f"ShardSet: pattern {pattern!r} matches no file")
-                found.update(hits)
-            self._paths = sorted(found)
-        return list(self._paths)
-
-
-@dataclass
-class _Item:
-    """A raw clip drawn from a set's stream, not decoded yet."""
-
-    set_index: int
-    epoch: int
-    index: int  # rank in this reader's stream of the set-epoch
-    key: str
-    payload: object  # dict of tar members, or a cache row
 
 
 class _Reader:
@@ -216,7 +92,7 @@ class _Reader:
         self.quiet = False
         self.warned = False
         self.failure: str | None = None  # set when no shard of the epoch could be read
-        self._it: Iterator[_Item] | None = None
+        self._it: Iterator[StreamItem] | None = None
 
     def _count(self, reason: str) -> None:
         if not self.quiet:
@@ -266,14 +142,14 @@ class _Reader:
                           f"{self.ds.retries} retries; the run goes on, further failed shards "
                           f"of this set are counted without warning)", stacklevel=1)
 
-    def _epoch_items(self, epoch: int) -> Iterator[_Item]:
+    def _epoch_items(self, epoch: int) -> Iterator[StreamItem]:
         ds = self.ds
         raw = self._owned(epoch)
         if ds.train and ds.shuffle_buffer > 1 and isinstance(self.source, TarSource):
             raw = _shuffled(raw, ds.shuffle_buffer, np.random.default_rng(
                 [ds.seed, 3, self.s, epoch, self.g]))
         for i, (key, payload) in enumerate(raw):
-            yield _Item(self.s, epoch, i, key, payload)
+            yield StreamItem(self.s, epoch, i, key, payload)
 
     def start(self, epoch: int, emitted: int) -> None:
         """Position the reader at ``emitted`` clips into ``epoch`` (no decoding, no counting)."""
@@ -289,7 +165,7 @@ class _Reader:
             self.quiet = False
             self.good_this_epoch = 1  # clips were decoded before the checkpoint
 
-    def next(self) -> _Item | None:
+    def next(self) -> StreamItem | None:
         """The next clip, or None when the set is used up (epoch mode) or dead."""
         if self._it is None:
             self.start(self.epoch, 0)
@@ -316,52 +192,6 @@ def _shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
     order = rng.permutation(len(buf))
     for j in order:
         yield buf[j]
-
-
-class TarSource:
-    """Clips of a :class:`ShardSet` read from its tar shards."""
-
-    def __init__(self, shard_set: ShardSet) -> None:
-        self.set = shard_set
-        self.paths = shard_set.paths()
-        self.size = len(self.paths)
-
-    def check(self, files: Mapping[str, bytes]) -> str | None:
-        """The skip reason of an incomplete sample, or None."""
-        if not any(e in files for e in VIDEO_EXTS):
-            return "missing_video"
-        if "json" not in files:
-            return "missing_json"
-        if self.set.text and "txt" not in files:
-            return "missing_txt"
-        return None
-
-    def parse(self, files: Mapping[str, bytes]) -> tuple[dict, str]:
-        """``(meta, narration)`` of a sample; ``bad_json`` / ``empty_text`` errors."""
-        try:
-            meta = json.loads(files["json"].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise SampleError("bad_json", str(exc)) from None
-        if not isinstance(meta, dict):
-            raise SampleError("bad_json", f"expected an object, got {type(meta).__name__}")
-        text = ""
-        if self.set.text:
-            try:
-                text = files["txt"].decode("utf-8").strip()
-            except UnicodeDecodeError as exc:
-                raise SampleError("empty_text", f"narration is not utf-8 ({exc})") from None
-            if not text:
-                raise SampleError("empty_text")
-        return meta, text
-
-    def load(self, item: _Item, spec: ClipSpec, train: bool, rng: np.random.Generator
-             ) -> tuple[np.ndarray, np.ndarray, bool, str, dict]:
-        """Decode a clip: ``(uint8 frames, audio, has_audio, narration, meta)``."""
-        files = item.payload
-        meta, text = self.parse(files)
-        video = next(files[e] for e in VIDEO_EXTS if e in files)
-        frames, audio, has_audio = decode_clip_raw(video, spec, train=train, rng=rng)
-        return frames, audio, has_audio, text, meta
 
 
 def _label(meta: Mapping) -> int:
@@ -423,7 +253,7 @@ class TriModalDataset(IterableDataset):
             return list(range(n))
         return [int(i) for i in np.random.default_rng([self.seed, 4, s, epoch]).permutation(n)]
 
-    def _sample(self, item: _Item) -> dict:
+    def _sample(self, item: StreamItem) -> dict:
         rng = np.random.default_rng([self.seed, 2, item.set_index, item.epoch, item.index,
                                      self._g])
         source = self.sources[item.set_index]
@@ -646,15 +476,6 @@ class ClipLoader:
         raise TypeError("ClipLoader has no length: clips are streamed")
 
 
-def _as_sets(sets) -> list[ShardSet]:
-    if isinstance(sets, (ShardSet, str, os.PathLike)):
-        sets = [sets]
-    out = [s if isinstance(s, ShardSet) else ShardSet(str(s)) for s in sets]
-    if not out:
-        raise ValueError("make_loader: no shard set given")
-    return out
-
-
 def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_size: int,
                 k: int = 4, text_length: int = 16, train: bool = True, seed: int = 0,
                 epoch: int = 0, infinite: bool | None = None, rank: int | None = None,
@@ -698,7 +519,7 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
         ...
         ValueError: ShardSet: pattern 'no/such/*.tar' matches no file
     """
-    sets = _as_sets(sets)
+    sets = shard_sets(sets)
     spec = spec or ClipSpec()
     if isinstance(tokenizer, (str, os.PathLike)):
         from gradharmony.data.text import TextTokenizer
@@ -712,8 +533,6 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
             rank, world_size = 0, 1
     sources = None
     if cache_dir is not None:
-        from gradharmony.data.cache import open_cache
-
         sources = [open_cache(s, spec, cache_dir, retries=retries,
                               retry_backoff=retry_backoff) for s in sets]
     else:

@@ -10,9 +10,10 @@ Temporally, the clip window lasts ``spec.seconds``; in training its start is uni
 video's duration, in evaluation the window is centred. Inside the window, ``spec.frames``
 target times ``start + j / spec.fps`` are each given the decoded frame with the nearest
 timestamp (ties go to the earlier frame). A video shorter than ``spec.seconds - 1 / spec.fps``
-is rejected as ``too_short``. The audio track is resampled to mono ``spec.audio_rate`` with
-:class:`av.AudioResampler`, then cut or zero-padded to ``spec.audio_samples``; a file without
-an audio track gets silence and ``has_audio=False``.
+is rejected as ``too_short`` (:class:`FramePicker`). The audio track is resampled to mono
+``spec.audio_rate`` with :class:`av.AudioResampler`, placed by its timestamps relative to the
+first video frame, then cut or zero-padded to ``spec.audio_samples`` (:class:`AudioWindow`); a
+file without an audio track gets silence and ``has_audio=False``.
 
 Example:
     >>> spec = ClipSpec(frames=4, fps=2.0, size=8, crop=6, audio_rate=8000, seconds=2.0)
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -176,9 +179,183 @@ def decode_clip_raw(data: bytes, spec: ClipSpec, *, train: bool = False,
         container.close()
 
 
-def _decode_open(container, spec: ClipSpec, train: bool, rng):
-    import av
+class FramePicker:
+    """Gives each target time the decoded frame with the nearest timestamp (ties: the earlier).
 
+    Frames are :meth:`offer` ed in decoding order with their timestamps; times count from the
+    first frame's. ``convert`` turns a picked frame into what is kept (the resized square).
+
+    Example:
+        >>> picker = FramePicker(np.array([0.0, 0.5, 1.0]))
+        >>> for t in (0.0, 0.3, 0.6, 0.9):
+        ...     picker.offer(t, f"frame@{t}")
+        >>> picker.finish(period=0.5)
+        ['frame@0.0', 'frame@0.6', 'frame@0.9']
+    """
+
+    def __init__(self, targets: np.ndarray, convert: Callable[[Any], Any] = lambda f: f):
+        self.targets = targets
+        self.convert = convert
+        self.picked: list = []
+        self.origin: float | None = None  # timestamp of the first frame
+        self.last: tuple[float, Any] | None = None  # (time, frame) of the latest frame
+
+    @property
+    def complete(self) -> bool:
+        """Every target time has its frame."""
+        return len(self.picked) == len(self.targets)
+
+    def offer(self, time: float | None, frame: Any) -> None:
+        """The next decoded frame and its timestamp in seconds (``None`` counts as 0)."""
+        t = float(time) if time is not None else 0.0
+        if self.origin is None:
+            self.origin = t
+        t -= self.origin
+        while not self.complete and t >= self.targets[len(self.picked)]:
+            target = self.targets[len(self.picked)]
+            nearer_last = self.last is not None and target - self.last[0] <= t - target
+            self.picked.append(self.convert(self.last[1] if nearer_last else frame))
+        self.last = (t, frame)
+
+    def finish(self, period: float) -> list:
+        """The picked frames; target times after the last frame get it while they lie within
+        ``period`` of it. Raises :class:`SampleError` ``corrupt_video`` (no frame at all) or
+        ``too_short`` (the frames end before the clip does)."""
+        if self.last is None:
+            raise SampleError("corrupt_video", "no frame decodes")
+        while not self.complete:
+            target = self.targets[len(self.picked)]
+            if target - self.last[0] > period:
+                raise SampleError("too_short", f"last frame at {self.last[0]:.3f} s, clip needs "
+                                               f"{self.targets[-1]:.3f} s")
+            self.picked.append(self.convert(self.last[1]))
+        return self.picked
+
+
+class AudioWindow:
+    """Collects the decoded samples of an audio track and cuts the clip's window out of them.
+
+    ``start``: the window's start in seconds after the first video frame; ``rate``: the samples'
+    rate; ``samples``: the window's length. The audio track may start before or after the
+    video: its first timestamp (``origin``, set by the first :meth:`add`) places it.
+
+    Example:
+        >>> window = AudioWindow(start=0.5, rate=4, samples=4)
+        >>> window.add([np.arange(1, 5) / 10], time=0.25)  # the audio starts 0.25 s late
+        >>> window.complete(video_origin=0.0)
+        False
+        >>> window.add([np.arange(5, 8) / 10])
+        >>> window.complete(video_origin=0.0), window.cut(video_origin=0.0)
+        (True, array([0.2, 0.3, 0.4, 0.5], dtype=float32))
+    """
+
+    def __init__(self, start: float, rate: int, samples: int) -> None:
+        self.start_sample = int(round(start * rate))
+        self.rate, self.samples = rate, samples
+        self.chunks: list[np.ndarray] = []
+        self.count = 0
+        self.origin: float | None = None  # timestamp of the first audio sample
+
+    def add(self, parts: list[np.ndarray], time: float | None = None) -> None:
+        """Decoded samples in track order; ``time`` is their timestamp (None counts as 0)."""
+        if self.origin is None:
+            self.origin = float(time) if time is not None else 0.0
+        for part in parts:
+            part = part.reshape(-1).astype(np.float32, copy=False)
+            self.chunks.append(part)
+            self.count += part.size
+
+    def first_sample(self, video_origin: float) -> int:
+        """Index of the window's first sample among the collected ones."""
+        lead = int(round(((self.origin or 0.0) - video_origin) * self.rate))  # audio - video
+        return self.start_sample - lead
+
+    def complete(self, video_origin: float | None) -> bool:
+        """The collected samples cover the window (unknown while no video frame decoded)."""
+        if video_origin is None or self.origin is None:
+            return False
+        return self.count >= self.first_sample(video_origin) + self.samples + 1
+
+    def cut(self, video_origin: float) -> np.ndarray:
+        """The window, zero-padded where the track does not reach, clipped to [-1, 1]."""
+        if not self.chunks:
+            raise SampleError("bad_audio", "the audio track decodes to no sample")
+        wave = np.concatenate(self.chunks)
+        first = self.first_sample(video_origin)
+        audio = np.zeros(self.samples, np.float32)
+        lo, hi = max(first, 0), min(first + self.samples, wave.size)
+        if hi > lo:
+            audio[lo - first:hi - first] = wave[lo:hi]
+        return np.clip(audio, -1.0, 1.0)
+
+
+class _MonoResampler:
+    """Audio frames to mono float samples at ``rate``; frames already so skip the resampler."""
+
+    def __init__(self, rate: int) -> None:
+        import av
+
+        self.rate = rate
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.used = False
+
+    def samples(self, frame) -> list[np.ndarray]:
+        direct = (frame.sample_rate == self.rate and frame.layout.nb_channels == 1
+                  and frame.format.name in ("flt", "fltp"))
+        self.used = self.used or not direct
+        try:
+            return [out.to_ndarray() for out in ([frame] if direct
+                                                 else self.resampler.resample(frame))]
+        except Exception as exc:  # noqa: BLE001
+            raise SampleError("bad_audio", f"resampling ({exc})") from None
+
+    def flush(self) -> list[np.ndarray]:
+        """The samples the resampler still holds."""
+        if not self.used:
+            return []
+        try:
+            return [out.to_ndarray() for out in self.resampler.resample(None)]
+        except Exception as exc:  # noqa: BLE001
+            raise SampleError("bad_audio", f"flushing ({exc})") from None
+
+
+def _decode_packet(packet, is_video: bool) -> list:
+    try:
+        return packet.decode()
+    except Exception as exc:  # noqa: BLE001
+        if is_video:
+            raise SampleError("corrupt_video", f"video packet ({exc})") from None
+        raise SampleError("bad_audio", f"audio packet ({exc})") from None
+
+
+def _demux(container, vstream, astream, picker: FramePicker, window: AudioWindow | None,
+           resampler: _MonoResampler | None) -> bool:
+    """Feed the decoded frames to ``picker`` and ``window`` until both are complete; return
+    whether the audio window is."""
+    audio_done = astream is None
+    streams = [vstream] + ([astream] if astream is not None else [])
+    try:
+        for packet in container.demux(*streams):
+            is_video = packet.stream.index == vstream.index
+            if not is_video and audio_done:
+                continue
+            for frame in _decode_packet(packet, is_video):
+                if is_video:
+                    picker.offer(frame.time, frame)
+                else:
+                    window.add(resampler.samples(frame), frame.time)
+                    audio_done = window.complete(picker.origin)
+            if picker.complete and audio_done:
+                break
+    except SampleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - demuxing errors: a damaged container
+        if not picker.complete:
+            raise SampleError("corrupt_video", f"demux ({exc})") from None
+    return audio_done
+
+
+def _decode_open(container, spec: ClipSpec, train: bool, rng):
     if not container.streams.video:
         raise SampleError("corrupt_video", "no video stream")
     vstream = container.streams.video[0]
@@ -188,105 +365,19 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
     if duration is not None and duration < spec.seconds - period:
         raise SampleError("too_short", f"video lasts {duration:.3f} s, clip needs {spec.seconds} s")
     start = _window_start(duration, spec, train, rng)
-    targets = start + np.arange(spec.frames) / spec.fps
-    picked: list[np.ndarray] = []
-    prev = None  # (time, frame)
-    v0 = None
-    n_audio = spec.audio_samples
-    a_first = int(round(start * spec.audio_rate))
-    audio_chunks: list[np.ndarray] = []
-    audio_have = 0
-    a0 = None
-    resampler = (av.AudioResampler(format="flt", layout="mono", rate=spec.audio_rate)
-                 if astream is not None else None)
-    audio_done = astream is None
-    resampled = False  # mono float audio at the target rate skips the resampler
-    streams = [vstream] + ([astream] if astream is not None else [])
-
-    def take_video(frame) -> None:
-        nonlocal prev, v0
-        t = float(frame.time) if frame.time is not None else 0.0
-        if v0 is None:
-            v0 = t
-        t -= v0
-        while len(picked) < spec.frames and t >= targets[len(picked)]:
-            tj = targets[len(picked)]
-            if prev is not None and tj - prev[0] <= t - tj:
-                picked.append(_resize_square(prev[1], spec.size))
-            else:
-                picked.append(_resize_square(frame, spec.size))
-        prev = (t, frame)
-
-    def take_audio(frame) -> None:
-        nonlocal audio_have, a0, audio_done, resampled
-        if a0 is None:  # absolute time of the first audio sample
-            a0 = float(frame.time) if frame.time is not None else 0.0
-        direct = (frame.sample_rate == spec.audio_rate and frame.layout.nb_channels == 1
-                  and frame.format.name in ("flt", "fltp"))
-        resampled = resampled or not direct
-        for out in [frame] if direct else resampler.resample(frame):
-            arr = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-            audio_chunks.append(arr)
-            audio_have += arr.size
-        lead = int(round((a0 - (v0 or 0.0)) * spec.audio_rate))
-        if audio_have >= a_first - lead + n_audio + 1:
-            audio_done = True
-
-    try:
-        for packet in container.demux(*streams):
-            is_video = packet.stream.index == vstream.index
-            if not is_video and audio_done:
-                continue
-            try:
-                frames = packet.decode()
-            except Exception as exc:  # noqa: BLE001
-                if is_video:
-                    raise SampleError("corrupt_video", f"video packet ({exc})") from None
-                raise SampleError("bad_audio", f"audio packet ({exc})") from None
-            for frame in frames:
-                if is_video:
-                    take_video(frame)
-                else:
-                    try:
-                        take_audio(frame)
-                    except SampleError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        raise SampleError("bad_audio", f"resampling ({exc})") from None
-            if len(picked) == spec.frames and audio_done:
-                break
-    except SampleError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - demuxing errors: a damaged container
-        if len(picked) < spec.frames:
-            raise SampleError("corrupt_video", f"demux ({exc})") from None
-    if prev is None:
-        raise SampleError("corrupt_video", "no frame decodes")
-    while len(picked) < spec.frames:
-        tj = targets[len(picked)]
-        if tj - prev[0] > period:
-            raise SampleError("too_short", f"last frame at {prev[0]:.3f} s, clip needs "
-                                           f"{targets[-1]:.3f} s")
-        picked.append(_resize_square(prev[1], spec.size))
-    frames = np.stack(picked)
+    picker = FramePicker(start + np.arange(spec.frames) / spec.fps,
+                         lambda frame: _resize_square(frame, spec.size))
+    window = resampler = None
+    if astream is not None:
+        window = AudioWindow(start, spec.audio_rate, spec.audio_samples)
+        resampler = _MonoResampler(spec.audio_rate)
+    audio_done = _demux(container, vstream, astream, picker, window, resampler)
+    frames = np.stack(picker.finish(period))
     if astream is None:
-        return frames, np.zeros(n_audio, np.float32), False
-    if resampled and not audio_done:
-        try:
-            for out in resampler.resample(None):
-                audio_chunks.append(out.to_ndarray().reshape(-1).astype(np.float32))
-        except Exception as exc:  # noqa: BLE001
-            raise SampleError("bad_audio", f"flushing ({exc})") from None
-    if not audio_chunks:
-        raise SampleError("bad_audio", "the audio track decodes to no sample")
-    wave = np.concatenate(audio_chunks)
-    lead = int(round(((a0 or 0.0) - (v0 or 0.0)) * spec.audio_rate))  # audio start - video
-    first = a_first - lead
-    audio = np.zeros(n_audio, np.float32)
-    lo, hi = max(first, 0), min(first + n_audio, wave.size)
-    if hi > lo:
-        audio[lo - first:hi - first] = wave[lo:hi]
-    return frames, np.clip(audio, -1.0, 1.0), True
+        return frames, np.zeros(spec.audio_samples, np.float32), False
+    if not audio_done:
+        window.add(resampler.flush())
+    return frames, window.cut(picker.origin), True
 
 
 def augment_frames(frames: np.ndarray, spec: ClipSpec, *, train: bool,

@@ -1,6 +1,6 @@
 """Writing clips as WebDataset shards: mp4 encoding (PyAV) and byte-deterministic tar files.
 
-The layout is the one video2dataset writes (DESIGN.md §5): for every sample ``KEY.mp4`` (H.264
+The layout is the one video2dataset writes: for every sample ``KEY.mp4`` (H.264
 video, yuv420p, with an optional AAC mono audio track), ``KEY.txt`` (the narration) and
 ``KEY.json`` (metadata), grouped into tar files ``PREFIX-000000.tar``, ``PREFIX-000001.tar``, ...
 
@@ -138,47 +138,66 @@ def encode_mp4(
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
         raise ValueError(f"fps: expected a positive frame rate, got {fps}")
-    t, h, w, _ = frames.shape
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        video = container.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        video.codec_context.thread_count = 1
-        video.codec_context.flags |= av.codec.context.Flags.bitexact
-        video.options = {
-            "preset": preset,
-            "crf": str(int(crf)),
-            "g": str(int(gop or t)),
-            "threads": "1",
-            # mb-tree rate control made x264 give different bytes for the same frames
-            # (about 1 run in 3 on this FFmpeg build); without it output is reproducible.
-            "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:no-mbtree=1",
-        }
+        video = _add_video(container, rate, frames.shape, crf, preset, gop)
         astream = None
         if audio is not None:
-            astream = container.add_stream("aac", rate=int(sample_rate))
-            astream.layout = "mono"
-            astream.format = "fltp"
-            astream.bit_rate = int(audio_bitrate)
-            astream.options = {"aac_coder": "fast"}  # 2x faster than twoloop, same quality here
-            astream.codec_context.flags |= av.codec.context.Flags.bitexact
-        to_yuv = _reformatter()
-        for i in range(t):
-            frame = to_yuv.reformat(av.VideoFrame.from_ndarray(frames[i], format="rgb24"),
-                                    format="yuv420p")
-            frame.pts = i
-            container.mux(video.encode(frame))
-        container.mux(video.encode())
+            astream = _add_audio(container, int(sample_rate), audio_bitrate)
+        _mux_video(container, video, frames)
         if astream is not None:
-            chunk = astream.codec_context.frame_size or 1024
-            for start in range(0, audio.size, chunk):
-                part = audio[start:start + chunk]
-                frame = av.AudioFrame.from_ndarray(part[None, :], format="fltp", layout="mono")
-                frame.sample_rate = int(sample_rate)
-                frame.pts = start
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode())
+            _mux_audio(container, astream, audio, int(sample_rate))
     return buffer.getvalue()
+
+
+def _add_video(container, rate: Fraction, shape: tuple, crf: int, preset: str,
+               gop: int | None):
+    t, h, w, _ = shape
+    video = container.add_stream("libx264", rate=rate)
+    video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+    video.codec_context.thread_count = 1
+    video.codec_context.flags |= av.codec.context.Flags.bitexact
+    video.options = {
+        "preset": preset,
+        "crf": str(int(crf)),
+        "g": str(int(gop or t)),
+        "threads": "1",
+        # mb-tree rate control made x264 give different bytes for the same frames
+        # (about 1 run in 3 on this FFmpeg build); without it output is reproducible.
+        "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:no-mbtree=1",
+    }
+    return video
+
+
+def _add_audio(container, sample_rate: int, bitrate: int):
+    astream = container.add_stream("aac", rate=sample_rate)
+    astream.layout = "mono"
+    astream.format = "fltp"
+    astream.bit_rate = int(bitrate)
+    astream.options = {"aac_coder": "fast"}  # 2x faster than twoloop, same quality here
+    astream.codec_context.flags |= av.codec.context.Flags.bitexact
+    return astream
+
+
+def _mux_video(container, video, frames: np.ndarray) -> None:
+    to_yuv = _reformatter()
+    for i in range(frames.shape[0]):
+        frame = to_yuv.reformat(av.VideoFrame.from_ndarray(frames[i], format="rgb24"),
+                                format="yuv420p")
+        frame.pts = i
+        container.mux(video.encode(frame))
+    container.mux(video.encode())
+
+
+def _mux_audio(container, astream, audio: np.ndarray, sample_rate: int) -> None:
+    chunk = astream.codec_context.frame_size or 1024
+    for start in range(0, audio.size, chunk):
+        part = audio[start:start + chunk]
+        frame = av.AudioFrame.from_ndarray(part[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = start
+        container.mux(astream.encode(frame))
+    container.mux(astream.encode())
 
 
 def shard_name(prefix: str, index: int) -> str:

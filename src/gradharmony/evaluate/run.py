@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,10 @@ class LoadedRun:
         return int(self.config.get("data", {}).get("candidates", 4))
 
 
-def clip_spec(config: dict) -> ClipSpec:
+def clip_spec(config: Mapping) -> ClipSpec:
     """The :class:`ClipSpec` of a run config's ``data`` section (frames resized to short side
-    ``data.size``; evaluation takes the centre ``data.crop`` square, default ``data.size``).
+    ``data.size``; evaluation takes the centre ``data.crop`` square, default ``data.size``),
+    for a plain dict or a loaded training config alike.
 
     Example:
         >>> clip_spec({"data": {"frames": 8, "fps": 4.0, "size": 36, "crop": 32}}).crop
@@ -59,14 +61,56 @@ def clip_spec(config: dict) -> ClipSpec:
                     seconds=float(d.get("clip_seconds", 2.0)))
 
 
-def build_model(config: dict) -> torch.nn.Module:
-    """The model a run config names (``model.preset``: a preset of
-    ``gradharmony.models.create_model`` or ``"package.module:function"``).
+#: VATT config field <- run config key (``data.*`` or top level) of the data-derived sizes
+MODEL_SIZES = {"video_frames": "data.frames", "video_size": "data.crop",
+               "audio_seconds": "data.clip_seconds", "audio_rate": "data.audio_rate",
+               "max_words": "data.text_len", "num_candidates": "data.candidates",
+               "vocab_size": "data.vocab_size", "grad_checkpointing": "grad_checkpointing"}
+
+
+def _plain(config: Mapping) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) \
+        else dict(config)
+
+
+def model_sizes(config: Mapping, vocab_size: int | None = None) -> dict:
+    """The fields of the VATT config that follow from a run config: the input sizes of
+    ``data`` and the vocabulary size (``vocab_size`` when given, else ``data.vocab_size``).
+    Keys the config lacks are left out.
+
+    Example:
+        >>> s = model_sizes({"data": {"frames": 8, "crop": 64, "vocab_size": 1000}}, 50)
+        >>> s["video_frames"], s["video_size"], s["vocab_size"]
+        (8, 64, 50)
+    """
+    config = _plain(config)
+    out = {}
+    for field, key in MODEL_SIZES.items():
+        section, _, name = key.rpartition(".")
+        values = config.get(section, {}) if section else config
+        if name in values:
+            out[field] = values[name]
+    if vocab_size:
+        out["vocab_size"] = vocab_size
+    return out
+
+
+def build_model(config: Mapping, vocab_size: int | None = None) -> torch.nn.Module:
+    """The model a run config names (``model.preset``), for training and evaluation alike.
+
+    A preset name goes to ``gradharmony.models.create_model`` with the sizes the data imply
+    (:func:`model_sizes`) under ``model.kwargs`` (the kwargs win; a trained run's
+    ``config.yaml`` spells all sizes out in them). ``"package.module:function"`` calls that
+    function with ``model.kwargs`` only (your own model, following the model output contract
+    of docs/architecture.md).
 
     Example:
         >>> type(build_model({"model": {"preset": "tiny", "kwargs": {"depth": 1}}})).__name__
         'VATT'
     """
+    config = _plain(config)
     m = config.get("model", {})
     preset = m.get("preset", "tiny")
     kwargs = dict(m.get("kwargs") or {})
@@ -77,7 +121,8 @@ def build_model(config: dict) -> torch.nn.Module:
                                                               **kwargs)
     from gradharmony.models import create_model
 
-    return create_model(preset, modality_agnostic=agnostic, **kwargs)
+    return create_model(preset, modality_agnostic=agnostic,
+                        **{**model_sizes(config, vocab_size), **kwargs})
 
 
 def _text_table_size(model: torch.nn.Module) -> int | None:

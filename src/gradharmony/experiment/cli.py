@@ -1,14 +1,14 @@
 """``gradharmony experiment NAME ...``: resumable experiments (see
-:mod:`gradharmony.experiment`). Experiments: ``evidence``.
+:mod:`gradharmony.experiment`). Experiments: ``evidence``, ``table1``, ``table2``, ``gamma``.
 
 Example:
     >>> main(["--help"])
-    usage: gradharmony experiment {evidence} [options]
+    usage: gradharmony experiment {evidence,table1,table2,gamma} [options]
     0
     >>> main(["nosuch"])
     Traceback (most recent call last):
     ...
-    gradharmony.errors.InputError: unknown experiment 'nosuch'; choose from: evidence
+    gradharmony.errors.InputError: unknown experiment 'nosuch'; choose from: evidence, ...
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import importlib
 
 from gradharmony.errors import InputError
 
-#: experiment name -> module with main(argv)
-EXPERIMENTS = {"evidence": "gradharmony.experiment.evidence"}
+#: experiment name -> module with main(argv), or module:function
+EXPERIMENTS = {"evidence": "gradharmony.experiment.evidence",
+               "table1": "gradharmony.experiment.study:main_table1",
+               "table2": "gradharmony.experiment.study:main_table2",
+               "gamma": "gradharmony.experiment.study:main_gamma"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,4 +34,5 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"expected an experiment name; choose from: {', '.join(EXPERIMENTS)}")
     if argv[0] not in EXPERIMENTS:
         raise InputError(f"unknown experiment {argv[0]!r}; choose from: {', '.join(EXPERIMENTS)}")
-    return int(importlib.import_module(EXPERIMENTS[argv[0]]).main(argv[1:]) or 0)
+    module, _, func = EXPERIMENTS[argv[0]].partition(":")
+    return int(getattr(importlib.import_module(module), func or "main")(argv[1:]) or 0)

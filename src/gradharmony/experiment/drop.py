@@ -27,11 +27,13 @@ def drop_updates(model, batch: dict, method: str, gamma: float, temperature: flo
     and the dropped fraction. The weights are not changed; ``p.grad`` is left empty.
 
     Example:
-        >>> import sys; sys.path.insert(0, "tests")
-        >>> from test_train_standin import standin
+        >>> from gradharmony.models import create_model
         >>> from gradharmony.train.batches import RandomTriplets
-        >>> model = standin(frames=2, size=4, samples=32, vocab=20)
-        >>> b = RandomTriplets(8, 2, 4, 32, 3, 2, 20).batch(0)
+        >>> model = create_model("tiny", depth=1, width=16, heads=2, mlp_dim=32,
+        ...                      droptoken_rate=0.0, video_frames=2, video_size=16,
+        ...                      video_patch=(2, 8, 8), audio_rate=3200, audio_seconds=0.01,
+        ...                      audio_patch=16, vocab_size=20, max_words=3, num_candidates=2)
+        >>> b = RandomTriplets(8, 2, 16, 32, 3, 2, 20).batch(0)
         >>> r = drop_updates(model, b, "cl", gamma=-2.0)   # nothing dropped: the same update
         >>> r["dropped"], round(r["cos"], 6)
         (0.0, 1.0)

@@ -54,3 +54,97 @@ def table1_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> list[RunSpec]:
         specs.append(RunSpec(f"clean-baseline-s{seed}",
                              ("method=baseline", f"seed={seed}", *data_overrides(data, "clean"))))
     return specs
+
+
+#: the methods of Table 2 (the noisier settings)
+TABLE2_METHODS = ("baseline", "gr", "cl", "both")
+#: Table 2 data settings, from the least to the most noisy: ``noisy`` is Table 1's runs
+#: (HowTo100M-like), ``mix`` adds a text-free sound set (+ AudioSet), ``wild`` adds a wilder
+#: narrated set on top (+ YT8M)
+TABLE2_SETTINGS = ("noisy", "mix", "wild")
+#: the data folders of every table under ``DATA`` -> ``gradharmony make-data synthetic``
+#: options (besides ``--out DATA/FOLDER``)
+DATA_RECIPES = {
+    "noisy": "--seed 0 --preset study",
+    "clean": "--seed 0 --preset clean --neighbors random",
+    "sound": "--seed 1 --preset clean --neighbors random",
+    "wild": "--seed 2 --preset wild --other-object-share 0.6 --neighbors random",
+}
+
+
+def make_data_commands(data: str = DEFAULT_DATA, folders=tuple(DATA_RECIPES)) -> list[str]:
+    """The ``gradharmony make-data`` commands that create the data ``folders`` of ``DATA``.
+
+    Example:
+        >>> print(make_data_commands("D", ("sound",))[0])
+        gradharmony make-data synthetic --out D/sound --seed 1 --preset clean --neighbors random
+    """
+    return [f"gradharmony make-data synthetic --out {data}/{f} {DATA_RECIPES[f]}"
+            for f in folders]
+
+
+def mixture_override(data: str, setting: str) -> str:
+    """The ``data.mixture`` override of a Table 2 setting (``mix`` or ``wild``): Table 1's
+    noisy narrated set, the text-free sound set (``has_text: false``: it feeds the
+    video-audio loss only) and, for ``wild``, the wilder narrated set, equal weights.
+
+    Example:
+        >>> print(mixture_override("D", "mix").replace("}, ", "},\\n"))
+        data.mixture=[{shards: D/noisy/train, weight: 1.0, has_text: true},
+        {shards: D/sound/train, weight: 1.0, has_text: false}]
+    """
+    if setting not in ("mix", "wild"):
+        raise ValueError(f"setting: expected 'mix' or 'wild', got {setting!r}")
+    sets = [f"{{shards: {data}/noisy/train, weight: 1.0, has_text: true}}",
+            f"{{shards: {data}/sound/train, weight: 1.0, has_text: false}}"]
+    if setting == "wild":
+        sets.append(f"{{shards: {data}/wild/train, weight: 1.0, has_text: true}}")
+    return f"data.mixture=[{', '.join(sets)}]"
+
+
+def table2_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> list[RunSpec]:
+    """The runs of Table 2 beyond Table 1 (whose ``noisy`` runs are its first setting), seed
+    by seed: every Table 2 method on the ``mix`` and ``wild`` settings (sample granularity).
+    Run names: ``SETTING-METHOD-sSEED``.
+
+    Example:
+        >>> [s.name for s in table2_runs("D", seeds=(0,))][:5]
+        ['mix-baseline-s0', 'mix-gr-s0', 'mix-cl-s0', 'mix-both-s0', 'wild-baseline-s0']
+    """
+    return [RunSpec(f"{setting}-{m}-s{seed}",
+                    (f"method={m}", f"seed={seed}", mixture_override(data, setting)))
+            for seed in seeds for setting in TABLE2_SETTINGS[1:] for m in TABLE2_METHODS]
+
+
+def gamma_runs(seeds=SEEDS) -> list[RunSpec]:
+    """The γ-schedule runs: ``cl`` with (γ0, γ_end) = (0, 0), named ``cl-g0-sSEED``; the
+    schedule (−0.3, 0) is Table 1's ``cl`` (the study config's default).
+
+    Example:
+        >>> gamma_runs(seeds=(0,))[0]
+        RunSpec(name='cl-g0-s0', overrides=('method=cl', 'seed=0', 'gamma0=0.0', 'gamma_end=0.0'))
+    """
+    return [RunSpec(f"cl-g0-s{seed}", ("method=cl", f"seed={seed}", "gamma0=0.0",
+                                         "gamma_end=0.0")) for seed in seeds]
+
+
+def run_row(name: str) -> str:
+    """The table row of a run: its name without the seed suffix.
+
+    Example:
+        >>> run_row("both-batch-s2"), run_row("mix-gr-s0")
+        ('both-batch', 'mix-gr')
+    """
+    head, sep, seed = name.rpartition("-s")
+    return head if sep and seed.isdigit() else name
+
+
+def run_setting(name: str) -> str:
+    """The data setting of a run: ``clean``, ``mix``, ``wild`` or ``noisy``.
+
+    Example:
+        >>> run_setting("clean-baseline-s0"), run_setting("gr-s1"), run_setting("wild-cl-s0")
+        ('clean', 'noisy', 'wild')
+    """
+    first = name.split("-", 1)[0]
+    return first if first in ("clean", "mix", "wild") else "noisy"

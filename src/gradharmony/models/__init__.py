@@ -15,7 +15,7 @@ Example:
 
 from .config import PRESETS, VATTConfig, get_config
 from .heads import FACHead
-from .tokenizers import AudioTokenizer, TextTokenizer, VideoTokenizer, drop_tokens
+from .tokenizers import AudioTokenizer, TextEmbedder, VideoTokenizer, drop_tokens
 from .transformer import Attention, Block, Transformer
 from .vatt import MODALITIES, VATT, convert_sync_batchnorm, count_parameters, create_model
 
@@ -27,7 +27,7 @@ __all__ = [
     "AudioTokenizer",
     "Block",
     "FACHead",
-    "TextTokenizer",
+    "TextEmbedder",
     "Transformer",
     "VATTConfig",
     "VideoTokenizer",

@@ -103,11 +103,11 @@ class AudioTokenizer(nn.Module):
         return x + self.pos(_positions(n, B, x.device)).to(x.dtype)
 
 
-class TextTokenizer(nn.Module):
+class TextEmbedder(nn.Module):
     """Token ids ``[R, L]`` -> ``[R, L, D]``: word embedding, Linear + GELU, positions.
 
     Example:
-        >>> TextTokenizer(width=8, vocab_size=50, embed_dim=6, max_words=4)(
+        >>> TextEmbedder(width=8, vocab_size=50, embed_dim=6, max_words=4)(
         ...     torch.tensor([[3, 4, 0, 0]])).shape
         torch.Size([1, 4, 8])
     """

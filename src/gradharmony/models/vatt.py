@@ -20,7 +20,7 @@ from torch import nn
 from . import validation
 from .config import VATTConfig, get_config
 from .heads import FACHead
-from .tokenizers import AggToken, AudioTokenizer, TextTokenizer, VideoTokenizer, drop_tokens
+from .tokenizers import AggToken, AudioTokenizer, TextEmbedder, VideoTokenizer, drop_tokens
 from .transformer import Transformer
 
 MODALITIES = ("video", "audio", "text")
@@ -57,7 +57,7 @@ class VATT(nn.Module):
         D = cfg.width
         self.video_tokenizer = VideoTokenizer(D, cfg.video_patch, cfg.video_grid)
         self.audio_tokenizer = AudioTokenizer(D, cfg.audio_patch, cfg.num_audio_tokens)
-        self.text_tokenizer = TextTokenizer(D, cfg.vocab_size, cfg.text_embed_dim, cfg.max_words)
+        self.text_tokenizer = TextEmbedder(D, cfg.vocab_size, cfg.text_embed_dim, cfg.max_words)
         self.agg = nn.ModuleDict({m: AggToken(D) for m in MODALITIES})
 
         def transformer() -> Transformer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,99 @@ def _conjecture_section(runs: list[RunRecord], stages: int = 4) -> list[str]:
     return md + lines + [""] + notes + ([""] if notes else [])
 
 
+def _downstream_section(runs: list[RunRecord], labels: list[str]) -> list[str]:
+    md = ["## Downstream results (Table 1)", ""]
+    rows = [(lab, flatten_metrics(r.eval)) for r, lab in zip(runs, labels) if r.eval]
+    cols = [c for c in TABLE_COLUMNS if any(c in m for _, m in rows)]
+    if not cols:
+        return md + ["No `eval.json` in these runs: run `gradharmony eval --run RUN` first.", ""]
+    return md + [comparison_table(rows, cols, TABLE_COLUMNS), "",
+                 "Mean ± sample std over the runs of a configuration (n = runs); best per "
+                 "column in **bold** (lowest median rank, highest otherwise). R@K and top-k in "
+                 "percent.", "", "Protocol:", *_protocol_notes(runs), ""]
+
+
+def _training_section(runs: list[RunRecord], labels: list[str]) -> list[str]:
+    train_rows = []
+    for r, lab in zip(runs, labels):
+        logged = [m for m in r.metrics if "loss_va" in m]
+        if logged:
+            train_rows.append((lab, {k: float(logged[-1][k]) for k in TRAIN_COLUMNS
+                                     if isinstance(logged[-1].get(k), (int, float))}))
+    if not train_rows:
+        return []
+    tcols = [c for c in TRAIN_COLUMNS if any(c in m for _, m in train_rows)]
+    return ["## Training (last logged window)", "",
+            comparison_table(train_rows, tcols, TRAIN_COLUMNS, mark_best=False), ""]
+
+
+def _conflict_figures(runs: list[RunRecord], labels: list[str], out: Path
+                      ) -> list[tuple[str, Path]]:
+    with_cos = [(r, lab) for r, lab in zip(runs, labels) if r.conflicts]
+    if not with_cos:
+        return []
+    series, pooled = {}, {}
+    for lab in dict.fromkeys(lab for _, lab in with_cos):
+        confs = [r.conflicts for r, lb in with_cos if lb == lab]
+        series[lab] = pooled_cosines(confs)
+        pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
+    gammas = {}
+    for r, lab in with_cos:
+        if r.method in ("cl", "both") and lab not in gammas:
+            rows_g = [m for m in r.metrics if "gamma" in m]
+            if rows_g:
+                gammas[lab] = (np.array([m["step"] for m in rows_g]),
+                               np.array([m["gamma"] for m in rows_g]))
+    return [("Figure 4: cos(g_va, g_vt) across training iterations",
+             plot_conflict_distribution(series, out / "fig4_conflicts.png", thresholds=gammas)),
+            ("Distribution of all logged cosines",
+             plot_cosine_histograms(pooled, out / "fig4_histogram.png"))]
+
+
+def _example_figures(runs: list[RunRecord], labels: list[str], out: Path, seed: int
+                     ) -> list[tuple[str, Path]]:
+    figs = []
+    for lab, r in _first_by_label(runs, labels).items():
+        items = _contact_items(r) if r.scores else {}
+        if items:
+            name = f"fig3_contact_{lab.replace(' ', '_').replace('/', '-')}.png"
+            title = (f"{lab}: highest (top) and lowest (bottom) 5% cos(g_va, g_vt)\n"
+                     "red text = misaligned by ground truth")
+            figs.append((f"Figure 3 ({lab}): most and least aligned triplets by cos(g_va, g_vt)",
+                         plot_contact_sheet(items, out / name, title=title)))
+    emb = {lab: (r.embeddings["video_vt"], r.embeddings["text_vt"])
+           for lab, r in _first_by_label(runs, labels).items() if "video_vt" in r.embeddings}
+    if emb:
+        figs.append(("Figure 5: t-SNE of video and text embeddings (retrieval split, seeded)",
+                     plot_tsne(emb, out / "fig5_tsne.png", seed=seed)))
+    return figs
+
+
+def _figures_section(figs: list[tuple[str, Path]]) -> list[str]:
+    md = ["## Figures", ""]
+    for caption, path in figs:
+        md += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
+    if not figs:
+        md += ["No figure: the runs have no conflicts/, scores.jsonl or eval embeddings.", ""]
+    return md
+
+
+def _scoring_section(runs: list[RunRecord], labels: list[str]) -> list[str]:
+    scored = [(r, lab) for r, lab in zip(runs, labels)
+              if (r.dir / "scores.summary.json").is_file()]
+    if not scored:
+        return []
+    md = ["## Alignment scoring: AUROC for detecting misaligned triplets", "",
+          "| run | target | score | AUROC | 95% CI |", "|---|---|---|---|---|"]
+    for r, lab in scored:
+        s = json.loads((r.dir / "scores.summary.json").read_text())
+        for target, scores in s.get("auroc", {}).items():
+            for name, a in scores.items():
+                md.append(f"| {lab} | {target} | {name} | {a['auroc']:.3f} | "
+                          f"[{a['low']:.3f}, {a['high']:.3f}] |")
+    return md + [""]
+
+
 def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> Path:
     """Write ``out/report.md`` and its PNGs for the given runs; return the markdown path.
 
@@ -128,83 +222,11 @@ def build_report(run_dirs: list[str | Path], out: str | Path, seed: int = 0) -> 
     md = ["# gradharmony report", "",
           "Runs: " + ", ".join(f"`{r.dir}` ({lab}, seed {r.seed})"
                                for r, lab in zip(runs, labels)), ""]
-
-    md += ["## Downstream results (Table 1)", ""]
-    rows = [(lab, flatten_metrics(r.eval)) for r, lab in zip(runs, labels) if r.eval]
-    cols = [c for c in TABLE_COLUMNS if any(c in m for _, m in rows)]
-    if cols:
-        md += [comparison_table(rows, cols, TABLE_COLUMNS), "",
-               "Mean ± sample std over the runs of a configuration (n = runs); best per column "
-               "in **bold** (lowest median rank, highest otherwise). R@K and top-k in percent.",
-               ""]
-        md += ["Protocol:", *_protocol_notes(runs), ""]
-    else:
-        md += ["No `eval.json` in these runs: run `gradharmony eval --run RUN` first.", ""]
-
-    train_rows = []
-    for r, lab in zip(runs, labels):
-        logged = [m for m in r.metrics if "loss_va" in m]
-        if logged:
-            train_rows.append((lab, {k: float(logged[-1][k]) for k in TRAIN_COLUMNS
-                                     if isinstance(logged[-1].get(k), (int, float))}))
-    if train_rows:
-        tcols = [c for c in TRAIN_COLUMNS if any(c in m for _, m in train_rows)]
-        md += ["## Training (last logged window)", "",
-               comparison_table(train_rows, tcols, TRAIN_COLUMNS, mark_best=False), ""]
-
-    figs = []
-    with_cos = [(r, lab) for r, lab in zip(runs, labels) if r.conflicts]
-    if with_cos:
-        series, pooled = {}, {}
-        for lab in dict.fromkeys(lab for _, lab in with_cos):
-            confs = [r.conflicts for r, lb in with_cos if lb == lab]
-            series[lab] = pooled_cosines(confs)
-            pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
-        gammas = {}
-        for r, lab in with_cos:
-            if r.method in ("cl", "both") and lab not in gammas:
-                rows_g = [m for m in r.metrics if "gamma" in m]
-                if rows_g:
-                    gammas[lab] = (np.array([m["step"] for m in rows_g]),
-                                   np.array([m["gamma"] for m in rows_g]))
-        figs.append(("Figure 4: cos(g_va, g_vt) across training iterations",
-                     plot_conflict_distribution(series, out / "fig4_conflicts.png",
-                                                thresholds=gammas)))
-        figs.append(("Distribution of all logged cosines",
-                     plot_cosine_histograms(pooled, out / "fig4_histogram.png")))
-    for lab, r in _first_by_label(runs, labels).items():
-        items = _contact_items(r) if r.scores else {}
-        if items:
-            name = f"fig3_contact_{lab.replace(' ', '_').replace('/', '-')}.png"
-            title = (f"{lab}: highest (top) and lowest (bottom) 5% cos(g_va, g_vt)\n"
-                     "red text = misaligned by ground truth")
-            figs.append((f"Figure 3 ({lab}): most and least aligned triplets by cos(g_va, g_vt)",
-                         plot_contact_sheet(items, out / name, title=title)))
-    emb = {lab: (r.embeddings["video_vt"], r.embeddings["text_vt"])
-           for lab, r in _first_by_label(runs, labels).items() if "video_vt" in r.embeddings}
-    if emb:
-        figs.append(("Figure 5: t-SNE of video and text embeddings (retrieval split, seeded)",
-                     plot_tsne(emb, out / "fig5_tsne.png", seed=seed)))
-    md += ["## Figures", ""]
-    for caption, path in figs:
-        md += [f"### {caption}", "", f"![{caption}]({path.name})", ""]
-    if not figs:
-        md += ["No figure: the runs have no conflicts/, scores.jsonl or eval embeddings.", ""]
-
-    scored = [(r, lab) for r, lab in zip(runs, labels)
-              if (r.dir / "scores.summary.json").is_file()]
-    if scored:
-        import json
-
-        md += ["## Alignment scoring: AUROC for detecting misaligned triplets", "",
-               "| run | target | score | AUROC | 95% CI |", "|---|---|---|---|---|"]
-        for r, lab in scored:
-            s = json.loads((r.dir / "scores.summary.json").read_text())
-            for target, scores in s.get("auroc", {}).items():
-                for name, a in scores.items():
-                    md.append(f"| {lab} | {target} | {name} | {a['auroc']:.3f} | "
-                              f"[{a['low']:.3f}, {a['high']:.3f}] |")
-        md.append("")
+    md += _downstream_section(runs, labels)
+    md += _training_section(runs, labels)
+    figs = _conflict_figures(runs, labels, out) + _example_figures(runs, labels, out, seed)
+    md += _figures_section(figs)
+    md += _scoring_section(runs, labels)
     md += _conjecture_section(runs)
     path = out / "report.md"
     path.write_text("\n".join(md))

@@ -26,7 +26,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
 PRECISIONS = ("fp32", "bf16")
 DATA_KINDS = ("shards", "random")
 
@@ -182,23 +181,25 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     return cfg
 
 
-def parse_granularity(value: str) -> str | int:
-    """``"batch"`` / ``"sample"`` stay strings; a positive integer group size becomes an int.
+def parse_granularity(value: str | int) -> str | int:
+    """The config's ``granularity`` as :class:`gradharmony.harmonize.Harmonizer` takes it:
+    ``"batch"`` and ``"sample"`` stay strings, a group size (``"8"`` or ``8``) becomes an int.
+    Which values are valid is the Harmonizer's rule; an invalid one is a ``ValueError``.
 
     Example:
         >>> parse_granularity("sample"), parse_granularity("8")
         ('sample', 8)
+        >>> parse_granularity("0")
+        Traceback (most recent call last):
+        ...
+        ValueError: granularity must be 'batch', 'sample' or a positive int group size, got 0
     """
-    if value in ("batch", "sample"):
-        return value
-    try:
-        m = int(value)
-    except ValueError:
-        raise ValueError(f"granularity must be batch, sample or a positive integer, "
-                         f"got {value!r}") from None
-    if m < 1:
-        raise ValueError(f"granularity must be a positive integer group size, got {m}")
-    return m
+    from gradharmony.harmonize import Harmonizer
+
+    text = str(value)
+    granularity = int(text) if text.lstrip("-").isdigit() else text
+    Harmonizer._parse_granularity(granularity)
+    return granularity
 
 
 def _expand(pattern: str) -> list[str]:
@@ -207,7 +208,7 @@ def _expand(pattern: str) -> list[str]:
     from gradharmony.data.streams import is_url
 
     if is_url(pattern):
-        from gradharmony.data.dataset import ShardSet
+        from gradharmony.data.sources import ShardSet
 
         return ShardSet(pattern).paths()
     if os.path.isdir(pattern):
@@ -235,6 +236,8 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg}")
+
+    from gradharmony.harmonize import METHODS
 
     need(cfg.method in METHODS, "method", f"unknown method {cfg.method!r}; expected one of "
          f"{', '.join(METHODS)}")

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md §7): metrics, TensorBoard, per-step conflict cosines.
+"""The run directory: metrics, TensorBoard, per-step conflict cosines (docs/training.md).
 
 Layout of ``runs/NAME/``: ``config.yaml``, ``metrics.jsonl`` (one JSON object per logged
 step), ``conflicts/`` (``cos_<first>-<last>.npz`` with one ``step_<t>`` array of per-group

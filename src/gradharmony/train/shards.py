@@ -7,13 +7,14 @@ narration vocabulary from the training shards when the config names none.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+from gradharmony.evaluate.run import clip_spec
 
 
 def shard_pattern(shards: str) -> str:
@@ -27,52 +28,16 @@ def shard_pattern(shards: str) -> str:
     return os.path.join(shards, "*.tar") if os.path.isdir(shards) else shards
 
 
-def clip_spec(cfg: DictConfig):
-    """The :class:`gradharmony.data.ClipSpec` of a config's ``data`` section.
-
-    Example:
-        >>> from gradharmony.train.config import load_config
-        >>> clip_spec(load_config(overrides=["data.kind=random"])).audio_samples
-        32000
-    """
-    from gradharmony.data import ClipSpec
-
-    d = cfg.data
-    return ClipSpec(frames=d.frames, fps=d.fps, size=d.size, crop=d.crop,
-                    audio_rate=d.audio_rate, seconds=d.clip_seconds)
-
-
-def narrations(patterns: list[str], retries: int = 0, retry_backoff: float = 0.0
-               ) -> Iterator[str]:
-    """Every narration of the shards (``KEY.txt`` and the ``neighbors`` of ``KEY.json``);
-    a remote shard whose stream fails is re-opened up to ``retries`` times."""
-    from gradharmony.data import ShardSet, iter_tar_groups
-
-    for path in ShardSet(patterns).paths():
-        for group in iter_tar_groups(path, retries=retries, backoff=retry_backoff):
-            if not isinstance(group, tuple):
-                continue
-            files = group[1]
-            if "txt" in files:
-                yield files["txt"].decode("utf-8", errors="replace")
-            if "json" in files:
-                try:
-                    meta = json.loads(files["json"])
-                except ValueError:
-                    continue
-                for n in meta.get("neighbors") or []:
-                    if isinstance(n, str):
-                        yield n
-
-
 def build_vocab(cfg: DictConfig, out: str | Path) -> Path:
     """Build the vocabulary from the narrations of the text sets of the mixture into ``out``."""
     from gradharmony.data import TextTokenizer
+    from gradharmony.data.narrations import narrations
 
     patterns = [shard_pattern(s.shards) for s in cfg.data.mixture if s.has_text]
     d = cfg.data
-    tok = TextTokenizer.from_texts(narrations(patterns, d.retries, d.retry_backoff)
-                                   if patterns else [""])
+    texts = narrations(patterns, retries=d.retries, retry_backoff=d.retry_backoff) \
+        if patterns else [""]
+    tok = TextTokenizer.from_texts(texts)
     tok.save(out)
     return Path(out)
 

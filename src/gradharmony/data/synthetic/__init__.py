@@ -1,5 +1,6 @@
 """The synthetic tri-modal benchmark: rendered videos, synthesised sound, template narrations,
-with ground-truth misalignment at chosen rates (DESIGN.md §5). See ``docs/synthetic.md``.
+with ground-truth misalignment at chosen rates, written as WebDataset shards. See
+``docs/synthetic.md``.
 
 - :func:`av_classification_arrays`: the audio-visual classification set (audio dominates) as
   in-memory arrays, without encoding.
@@ -13,13 +14,13 @@ Example:
     ['audio', 'label', 'video']
 """
 
-from .avclass import AVConfig, av_classification_arrays, av_sample
+from .avclass import AVClassConfig, av_classification_arrays, av_sample
 from .events import COLOURS, MOTIONS, SHAPES, Event
 from .oracle import oracle_levels
 from .plan import NoiseConfig, noise_config
 
 __all__ = [
-    "AVConfig",
+    "AVClassConfig",
     "COLOURS",
     "Event",
     "MOTIONS",

@@ -40,13 +40,13 @@ from .events import MOTIONS, SHAPES, Event, sample_event
 from .render import render_clip, sample_scene
 from .sound import clip_audio, event_sound
 
-__all__ = ["AVConfig", "av_classification_arrays", "av_sample"]
+__all__ = ["AVClassConfig", "av_classification_arrays", "av_sample"]
 
 _AV_STREAM = 0x41560000  # seeds of this set: SeedSequence([seed, _AV_STREAM, i])
 
 
 @dataclass(frozen=True)
-class AVConfig:
+class AVClassConfig:
     """Settings of the audio-visual classification set (see the module docstring)."""
 
     num_classes: int = 6
@@ -68,7 +68,7 @@ class AVConfig:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {value}")
         if self.frames < 1 or self.size < 8 or self.fps <= 0 or self.sample_rate < 1000:
             raise ValueError(
-                f"AVConfig sizes: need frames >= 1, size >= 8, fps > 0, sample_rate >= 1000; "
+                f"AVClassConfig sizes: need frames >= 1, size >= 8, fps > 0, sample_rate >= 1000; "
                 f"got frames={self.frames}, size={self.size}, fps={self.fps}, "
                 f"sample_rate={self.sample_rate}")
         if self.noise_level < 0:
@@ -87,7 +87,7 @@ class AVConfig:
         return list(MOTIONS[: self.num_classes])
 
 
-def av_sample(index: int, seed: int, config: AVConfig = AVConfig()
+def av_sample(index: int, seed: int, config: AVClassConfig = AVClassConfig()
               ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Sample ``index`` of the set: ``(frames uint8 [T, H, W, 3], audio float32 [S], meta)``.
 
@@ -95,8 +95,9 @@ def av_sample(index: int, seed: int, config: AVConfig = AVConfig()
     the events shown/heard.
 
     Example:
-        >>> frames, audio, meta = av_sample(3, seed=0, config=AVConfig(frames=2, size=16))
-        >>> frames.shape, audio.shape, meta["label_name"] == AVConfig().class_names[meta["label"]]
+        >>> frames, audio, meta = av_sample(3, seed=0, config=AVClassConfig(frames=2, size=16))
+        >>> names = AVClassConfig().class_names
+        >>> frames.shape, audio.shape, meta["label_name"] == names[meta["label"]]
         ((2, 16, 16, 3), (4000,), True)
     """
     c = config
@@ -172,8 +173,8 @@ def av_classification_arrays(
         raise ValueError(f"n: expected a non-negative number of samples, got {n}")
     if start < 0:
         raise ValueError(f"start: expected >= 0, got {start}")
-    config = AVConfig(num_classes, frames, fps, size, sample_rate, audio_informative,
-                      video_informative, video_contrast, noise_level)
+    config = AVClassConfig(num_classes, frames, fps, size, sample_rate, audio_informative,
+                           video_informative, video_contrast, noise_level)
     video = np.empty((n, frames, size, size, 3), np.uint8)
     audio = np.empty((n, config.n_samples), np.float32)
     label = np.empty(n, np.int64)

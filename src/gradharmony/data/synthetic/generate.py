@@ -1,6 +1,6 @@
 """Render planned clips and write the benchmark as WebDataset shards, plus ``info.json``.
 
-Layout under ``out_dir`` (every split in the shard format of DESIGN.md §5)::
+Layout under ``out_dir`` (every split in the shard layout of docs/data.md)::
 
     train/train-000000.tar ...          noisy training clips (the chosen rates)
     retrieval/retrieval-000000.tar ...  clean video-text pairs
@@ -36,14 +36,14 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..writer import ShardWriter, encode_mp4
-from .avclass import AVConfig, av_sample
+from .avclass import AVClassConfig, av_sample
 from .events import COLOURS, MOTIONS, SHAPE_TIMBRE, SHAPES, Event
 from .narration import MAX_WORDS
 from .oracle import oracle_levels
@@ -94,7 +94,7 @@ def _encode_planned(task: tuple[dict, ClipSize]) -> bytes:
     return encode_mp4(frames, size.fps, audio, size.sample_rate)
 
 
-def _encode_av(task: tuple[int, int, AVConfig]) -> tuple[bytes, dict]:
+def _encode_av(task: tuple[int, int, AVClassConfig]) -> tuple[bytes, dict]:
     index, seed, config = task
     frames, audio, meta = av_sample(index, seed, config)
     return encode_mp4(frames, config.fps, audio, config.sample_rate), meta
@@ -163,7 +163,7 @@ def generate(
     retrieval: int = 500,
     probe: tuple[int, int] = (600, 400),
     av: tuple[int, int] = (400, 200),
-    av_config: AVConfig | None = None,
+    av_config: AVClassConfig | None = None,
     clips_per_shard: int = 250,
     segments: tuple[int, int] = (4, 8),
     max_words: int = MAX_WORDS,
@@ -182,7 +182,7 @@ def generate(
         retrieval: clips of the retrieval split.
         probe: (train, test) clips of the action/sound classification splits.
         av: (train, test) samples of the audio-visual split.
-        av_config: settings of the audio-visual set (default: ``AVConfig`` at ``size``).
+        av_config: settings of the audio-visual set (default: ``AVClassConfig`` at ``size``).
         clips_per_shard: samples per tar file.
         segments: (min, max) clips per video.
         max_words: narration length limit.
@@ -196,74 +196,18 @@ def generate(
     size = ClipSize() if size is None else size
     if isinstance(noise, str):
         noise = noise_config(noise)
-    for name, value in (("clips", clips), ("retrieval", retrieval), *(
-            (f"probe[{i}]", v) for i, v in enumerate(probe)), *(
-            (f"av[{i}]", v) for i, v in enumerate(av))):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}: expected a non-negative number of clips, got {value!r}")
-    if clips_per_shard < 1:
-        raise ValueError(f"clips_per_shard: expected >= 1, got {clips_per_shard}")
+    _check_counts(clips, retrieval, probe, av, clips_per_shard)
     if av_config is None:
-        av_config = AVConfig(frames=size.frames, fps=size.fps, size=size.size,
-                             sample_rate=size.sample_rate)
+        av_config = AVClassConfig(frames=size.frames, fps=size.fps, size=size.size,
+                                  sample_rate=size.sample_rate)
     out = Path(out_dir)
     _prepare(out, overwrite)
     t0 = time.perf_counter()
-    kw = {"size": size, "segments": segments, "max_words": max_words}
-    splits: dict[str, dict] = {}
-
-    def encode(plan: list[dict], desc: str) -> list[bytes]:
-        return list(_imap(_encode_planned, [(c, size) for c in plan], workers, desc, progress))
-
-    train = plan_split("train", clips, seed, noise, **kw)
-    paths = _write(out / "train", "train",
-                   (_sample(c, m) for c, m in zip(train, encode(train, "train"))),
-                   clips_per_shard)
-    splits["train"] = {"clips": len(train), "videos": len({c["video_id"] for c in train}),
-                       "shards": [os.path.relpath(p, out) for p in paths],
-                       "rates": _rates(train)}
-
-    ret = plan_split("retrieval", retrieval, seed, NoiseConfig(), **kw)
-    paths = _write(out / "retrieval", "retrieval",
-                   (_sample(c, m) for c, m in zip(ret, encode(ret, "retrieval"))),
-                   clips_per_shard)
-    splits["retrieval"] = {"clips": len(ret), "videos": len({c["video_id"] for c in ret}),
-                           "shards": [os.path.relpath(p, out) for p in paths],
-                           "oracles": oracle_levels(ret) if ret else {}}
-
-    timbres = [SHAPE_TIMBRE[s] for s in SHAPES]
-    splits["action"] = {"label": "motion", "class_names": list(MOTIONS)}
-    splits["sound"] = {"label": "timbre (the object's shape)", "class_names": timbres}
-    for part, n in zip(("train", "test"), probe):
-        plan = plan_split(f"probe_{part}", n, seed, NoiseConfig(), **kw)
-        mp4s = encode(plan, f"action/sound {part}")
-        for name in ("action", "sound"):
-            samples = (
-                _sample(c, m, split=name, subset=part, label=c["labels"][name],
-                        label_name=(MOTIONS[c["labels"][name]] if name == "action"
-                                    else timbres[c["labels"][name]]))
-                for c, m in zip(plan, mp4s))
-            paths = _write(out / name, part, samples, clips_per_shard)
-            splits[name][part] = {"clips": len(plan),
-                                  "shards": [os.path.relpath(p, out) for p in paths]}
-
-    splits["av"] = {"label": "motion class, carried by audio more often than by video",
-                    "class_names": av_config.class_names, "seed": int(seed),
-                    "config": asdict(av_config),
-                    "in_memory": "gradharmony.data.synthetic.av_classification_arrays("
-                                 "n_train + n_test, seed, **config): same content, unencoded"}
-    start = 0
-    for part, n in zip(("train", "test"), av):
-        tasks = [(i, seed, av_config) for i in range(start, start + n)]
-        results = _imap(_encode_av, tasks, workers, f"av {part}", progress)
-        samples = ({"__key__": f"av_{i:06d}", "mp4": m,
-                    "json": {**meta, "split": "av", "subset": part, "index": i}}
-                   for i, (m, meta) in zip(range(start, start + n), results))
-        paths = _write(out / "av", part, samples, clips_per_shard)
-        splits["av"][part] = {"clips": n, "first_index": start,
-                              "shards": [os.path.relpath(p, out) for p in paths]}
-        start += n
-
+    job = _Job(out, int(seed), size, segments, max_words, workers, progress, clips_per_shard)
+    splits = {"train": _train_split(job, clips, noise),
+              "retrieval": _retrieval_split(job, retrieval),
+              **_probe_splits(job, probe),
+              "av": _av_split(job, av, av_config)}
     info = {
         "generator": "gradharmony.data.synthetic",
         "version": VERSION,
@@ -272,7 +216,7 @@ def generate(
                   "max_words": max_words, "segments_per_video": list(segments)},
         "noise": {**asdict(noise), "kind_rates": noise.kind_rates()},
         "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS),
-                       "motions": list(MOTIONS), "timbres": timbres},
+                       "motions": list(MOTIONS), "timbres": _timbres()},
         "splits": splits,
         "clips_per_shard": clips_per_shard,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -282,3 +226,97 @@ def generate(
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / "info.json")
     return info
+
+
+def _check_counts(clips: int, retrieval: int, probe: tuple[int, int], av: tuple[int, int],
+                  clips_per_shard: int) -> None:
+    for name, value in (("clips", clips), ("retrieval", retrieval), *(
+            (f"probe[{i}]", v) for i, v in enumerate(probe)), *(
+            (f"av[{i}]", v) for i, v in enumerate(av))):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected a non-negative number of clips, got {value!r}")
+    if clips_per_shard < 1:
+        raise ValueError(f"clips_per_shard: expected >= 1, got {clips_per_shard}")
+
+
+def _timbres() -> list[str]:
+    return [SHAPE_TIMBRE[s] for s in SHAPES]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Where and how the splits of one :func:`generate` call are planned, rendered, written."""
+
+    out: Path
+    seed: int
+    size: ClipSize
+    segments: tuple[int, int]
+    max_words: int
+    workers: int
+    progress: bool
+    clips_per_shard: int
+
+    def plan(self, split: str, n: int, noise: NoiseConfig) -> list[dict]:
+        return plan_split(split, n, self.seed, noise, size=self.size, segments=self.segments,
+                          max_words=self.max_words)
+
+    def encode(self, plan: list[dict], desc: str) -> list[bytes]:
+        return list(_imap(_encode_planned, [(c, self.size) for c in plan], self.workers, desc,
+                          self.progress))
+
+    def write(self, folder: str, prefix: str, samples: Iterable[dict]) -> list[str]:
+        """Shards of ``samples`` in ``out/folder``; their paths relative to ``out``."""
+        paths = _write(self.out / folder, prefix, samples, self.clips_per_shard)
+        return [os.path.relpath(p, self.out) for p in paths]
+
+
+def _train_split(job: _Job, clips: int, noise: NoiseConfig) -> dict:
+    train = job.plan("train", clips, noise)
+    shards = job.write("train", "train", (_sample(c, m) for c, m in
+                                          zip(train, job.encode(train, "train"))))
+    return {"clips": len(train), "videos": len({c["video_id"] for c in train}),
+            "shards": shards, "rates": _rates(train)}
+
+
+def _retrieval_split(job: _Job, n: int) -> dict:
+    ret = job.plan("retrieval", n, NoiseConfig())
+    shards = job.write("retrieval", "retrieval", (_sample(c, m) for c, m in
+                                                  zip(ret, job.encode(ret, "retrieval"))))
+    return {"clips": len(ret), "videos": len({c["video_id"] for c in ret}),
+            "shards": shards, "oracles": oracle_levels(ret) if ret else {}}
+
+
+def _probe_splits(job: _Job, probe: tuple[int, int]) -> dict[str, dict]:
+    """``action`` and ``sound``: the same clean clips labelled by motion and by timbre."""
+    timbres = _timbres()
+    splits = {"action": {"label": "motion", "class_names": list(MOTIONS)},
+              "sound": {"label": "timbre (the object's shape)", "class_names": timbres}}
+    for part, n in zip(("train", "test"), probe):
+        plan = job.plan(f"probe_{part}", n, NoiseConfig())
+        mp4s = job.encode(plan, f"action/sound {part}")
+        for name in ("action", "sound"):
+            samples = (
+                _sample(c, m, split=name, subset=part, label=c["labels"][name],
+                        label_name=(MOTIONS[c["labels"][name]] if name == "action"
+                                    else timbres[c["labels"][name]]))
+                for c, m in zip(plan, mp4s))
+            splits[name][part] = {"clips": len(plan), "shards": job.write(name, part, samples)}
+    return splits
+
+
+def _av_split(job: _Job, av: tuple[int, int], av_config: AVClassConfig) -> dict:
+    split = {"label": "motion class, carried by audio more often than by video",
+             "class_names": av_config.class_names, "seed": job.seed,
+             "config": asdict(av_config),
+             "in_memory": "gradharmony.data.synthetic.av_classification_arrays("
+                          "n_train + n_test, seed, **config): same content, unencoded"}
+    start = 0
+    for part, n in zip(("train", "test"), av):
+        tasks = [(i, job.seed, av_config) for i in range(start, start + n)]
+        results = _imap(_encode_av, tasks, job.workers, f"av {part}", job.progress)
+        samples = ({"__key__": f"av_{i:06d}", "mp4": m,
+                    "json": {**meta, "split": "av", "subset": part, "index": i}}
+                   for i, (m, meta) in zip(range(start, start + n), results))
+        split[part] = {"clips": n, "first_index": start, "shards": job.write("av", part, samples)}
+        start += n
+    return split

@@ -426,16 +426,7 @@ def plan_split(
         stream = SPLIT_STREAMS.get(split, sum(ord(ch) * 131**i for i, ch in enumerate(split)))
     rng = np.random.default_rng([int(seed), int(stream)])
     duration = size.duration
-
-    # videos and events
-    videos: list[tuple[list[Event], dict]] = []
-    remaining = n_clips
-    while remaining > 0:
-        n_seg = min(int(rng.integers(lo, hi + 1)), remaining)
-        if remaining - n_seg == 1:
-            n_seg += 1
-        videos.append((_video_events(rng, n_seg, duration), sample_scene(rng)))
-        remaining -= n_seg
+    videos = _plan_videos(rng, n_clips, lo, hi, duration)
 
     # misalignment, assigned with exact counts
     if noise.other_object_share is None:
@@ -448,69 +439,103 @@ def plan_split(
 
     clips: list[dict] = []
     firsts: list[int] = []
-    i = 0
     for v, (events, scene) in enumerate(videos):
-        vid = f"{split}_v{v:05d}"
-        n_seg = len(events)
         first = len(clips)
         for j, event in enumerate(events):
-            true_text = describe(event, rng, max_words)
-            kind = str(text_kind[i])
-            source = j
-            if kind == "shifted" and n_seg < 2:
-                kind = "off_topic"  # a one-clip video has no neighbour to shift to
-            if kind == "aligned":
-                text = true_text
-            elif kind == "off_topic":
-                source = None
-                text = off_topic(rng, max_words)
-            else:
-                if kind == "shifted":  # the adjacent segment, whatever it shows
-                    options = [o for o in (j - 1, j + 1) if 0 <= o < n_seg]
-                else:
-                    options = _nearest(events, j, kind == "same_object_shift")
-                source = options[int(rng.integers(len(options)))]
-                text = describe(events[source], rng, max_words)
-                kind = ("same_object_shift" if _object(events[source]) == _object(event)
-                        else "other_object_shift")
-            akind = str(audio_kind[i])
+            narration = _narration(rng, events, j, str(text_kind[len(clips)]), max_words)
+            akind = str(audio_kind[len(clips)])
             audio_event = None
             if akind == "unrelated_audio":
                 audio_event = _unrelated_event(rng, event, duration).to_dict()
-            clips.append({
-                "__key__": f"{vid}_c{j:02d}",
-                "txt": text,
-                "split": split,
-                "video_id": vid,
-                "clip_index": j,
-                "num_clips": n_seg,
-                "start": round(j * duration, 6),
-                "end": round((j + 1) * duration, 6),
-                "label": MOTIONS.index(event.motion),
-                "label_name": event.motion,
-                "labels": {"action": MOTIONS.index(event.motion),
-                           "sound": SHAPES.index(event.shape)},
-                "event": event.to_dict(),
-                "description": event_phrase(event),
-                "timbre": SHAPE_TIMBRE[event.shape],
-                "aligned_text": true_text,
-                "text_aligned": kind == "aligned",
-                "text_noise": kind,
-                "text_source_clip": source,
-                "audio_aligned": akind == "aligned",
-                "audio_noise": akind,
-                "audio_event": audio_event,
-                "render": {
-                    "scene": scene,
-                    "seed": int(rng.integers(2**31)),
-                    "brightness": float(rng.uniform(0.85, 1.1)),
-                    "noise_level": float(rng.uniform(0.02, 0.08)),
-                },
-            })
+            clips.append(_clip_record(rng, split, f"{split}_v{v:05d}", events, j, duration,
+                                      narration, akind, audio_event, scene))
             firsts.append(first)
-            i += 1
-    # MIL-NCE candidates; drawn after (and apart from) everything else, so the clips, their
-    # narrations and their noise do not depend on the neighbour mode
+    _add_neighbors(clips, firsts, noise, seed, stream)
+    return clips
+
+
+def _plan_videos(rng, n_clips: int, lo: int, hi: int, duration: float
+                 ) -> list[tuple[list[Event], dict]]:
+    """Videos of ``lo..hi`` events each, with their scenes, until ``n_clips`` clips exist."""
+    videos: list[tuple[list[Event], dict]] = []
+    remaining = n_clips
+    while remaining > 0:
+        n_seg = min(int(rng.integers(lo, hi + 1)), remaining)
+        if remaining - n_seg == 1:
+            n_seg += 1
+        videos.append((_video_events(rng, n_seg, duration), sample_scene(rng)))
+        remaining -= n_seg
+    return videos
+
+
+def _narration(rng, events: list[Event], j: int, kind: str, max_words: int
+               ) -> tuple[str, str, int | None, str]:
+    """``(text, kind, source, true_text)`` of clip ``j``: the narration given for the assigned
+    text-noise kind, the kind it turned out to be, the clip it describes (None: off topic)
+    and the clip's own description."""
+    event, n_seg = events[j], len(events)
+    true_text = describe(event, rng, max_words)
+    source: int | None = j
+    if kind == "shifted" and n_seg < 2:
+        kind = "off_topic"  # a one-clip video has no neighbour to shift to
+    if kind == "aligned":
+        text = true_text
+    elif kind == "off_topic":
+        source = None
+        text = off_topic(rng, max_words)
+    else:
+        if kind == "shifted":  # the adjacent segment, whatever it shows
+            options = [o for o in (j - 1, j + 1) if 0 <= o < n_seg]
+        else:
+            options = _nearest(events, j, kind == "same_object_shift")
+        source = options[int(rng.integers(len(options)))]
+        text = describe(events[source], rng, max_words)
+        kind = ("same_object_shift" if _object(events[source]) == _object(event)
+                else "other_object_shift")
+    return text, kind, source, true_text
+
+
+def _clip_record(rng, split: str, vid: str, events: list[Event], j: int, duration: float,
+                 narration: tuple, akind: str, audio_event: dict | None, scene: dict) -> dict:
+    """The metadata of clip ``j`` of a video; draws its render seed and levels from ``rng``."""
+    text, kind, source, true_text = narration
+    event = events[j]
+    return {
+        "__key__": f"{vid}_c{j:02d}",
+        "txt": text,
+        "split": split,
+        "video_id": vid,
+        "clip_index": j,
+        "num_clips": len(events),
+        "start": round(j * duration, 6),
+        "end": round((j + 1) * duration, 6),
+        "label": MOTIONS.index(event.motion),
+        "label_name": event.motion,
+        "labels": {"action": MOTIONS.index(event.motion),
+                   "sound": SHAPES.index(event.shape)},
+        "event": event.to_dict(),
+        "description": event_phrase(event),
+        "timbre": SHAPE_TIMBRE[event.shape],
+        "aligned_text": true_text,
+        "text_aligned": kind == "aligned",
+        "text_noise": kind,
+        "text_source_clip": source,
+        "audio_aligned": akind == "aligned",
+        "audio_noise": akind,
+        "audio_event": audio_event,
+        "render": {
+            "scene": scene,
+            "seed": int(rng.integers(2**31)),
+            "brightness": float(rng.uniform(0.85, 1.1)),
+            "noise_level": float(rng.uniform(0.02, 0.08)),
+        },
+    }
+
+
+def _add_neighbors(clips: list[dict], firsts: list[int], noise: NoiseConfig, seed: int,
+                   stream: int) -> None:
+    """The MIL-NCE candidates; drawn after (and apart from) everything else, so the clips,
+    their narrations and their noise do not depend on the neighbour mode."""
     if noise.neighbors == "same-video":
         # the other clips' given narrations, nearest in time first (earlier on ties)
         for c, first in zip(clips, firsts):
@@ -525,4 +550,3 @@ def plan_split(
     else:
         for c in clips:
             c["neighbors"], c["neighbor_keys"] = [], []
-    return clips
