@@ -3,8 +3,8 @@
 Random weights, tiny widths, no downloads; every parameter trainable; each model called as
 its library documents. Per-group cosines, norms and the gr/both updates against the
 brute-force oracle at sample, 4 and batch granularity, and the baseline update against one
-plain backward of the summed losses. The libraries are test dependencies (the ``libs``
-extra); without them these tests are skipped, so run them with
+plain backward of the summed losses (``check=True`` raising nothing). The libraries are test
+dependencies (the ``libs`` extra); without them these tests are skipped, so run them with
 ``GRADHARMONY_REQUIRE_LIBS=1 pytest tests/test_harmonize_libraries.py``, which fails instead.
 """
 
@@ -28,7 +28,7 @@ def test_library_model_matches_the_oracle(name):
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert not frozen, frozen
     check_model(model, run, losses, batch=B, granularities=("sample", 4, "batch"),
-                methods=("gr", "both"))  # fmt: skip
+                methods=("gr", "both"), check=True)  # fmt: skip
 
 
 def test_the_documented_open_clip_example_runs():
