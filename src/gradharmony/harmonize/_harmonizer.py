@@ -234,7 +234,8 @@ class Harmonizer:
         if bad:
             raise ValueError(
                 f"modules {bad}: nn.Embedding with sparse=True, scale_grad_by_freq=True or "
-                "max_norm is not supported (its gradient depends on the whole batch)"
+                "max_norm is not supported (the gradient depends on the whole batch, or the "
+                "lookup rescales the table in place)"
             )
         if not params:
             raise ValueError("model has no trainable parameters")
