@@ -319,3 +319,28 @@ def test_landings_pulled_back_in_chunks_of_groups(monkeypatch):
 
     monkeypatch.setattr(_graph.Landings.__init__, "__defaults__", (1,))  # one group a pull
     _check(TinyViT(), torch.randn(4, 4, 6), granularities=("sample",), methods=("both",))
+
+
+class Masked(nn.Module):
+    """A custom layer taking a batch-free table as a keyword argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, x, table=None):  # x: [B, T, 3], table: [T, 3]
+        return x * self.w * table
+
+
+def test_a_batch_free_argument_as_long_as_the_batch_is_caught_not_split_silently():
+    layer = Masked()
+    model = nn.ModuleDict({"lin": nn.Linear(3, 3), "layer": layer})
+    harm = Harmonizer(model, method="gr")
+    x, table = torch.randn(4, 4, 3), torch.randn(4, 3)  # T == B: the table looks batched
+    y = layer(model["lin"](x), table=table).sum(1)
+    with pytest.raises(RuntimeError, match="re-run on each group"):
+        harm.backward(two_losses(y))
+    harm.remove()
+    x5 = torch.randn(4, 5, 3)  # T != B: the table is shared by every group
+    check_model(model, lambda: layer(model["lin"](x5), table=torch.ones(5, 3) * 0.5).sum(1),
+                two_losses, batch=4)  # fmt: skip
