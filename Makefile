@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/harmonizer_overhead.py
+	$(PY) benchmarks/harmonizer_models.py
 
 table1: $(STAMP)
 	$(VENV)/bin/gradharmony experiment table1 --out runs/table1 --data data/study --make-data --finetune baseline,both

@@ -1,7 +1,7 @@
 """Cross-modality gradient harmonization: per-triplet conflicts, GR, CL, Both and baselines.
 
-Model-agnostic: works on any ``nn.Module`` built from Linear, Conv1d/2d/3d, LayerNorm,
-Embedding and BatchNorm layers whose forwards keep the triplet index on dim 0.
+Model-agnostic: works on any ``nn.Module`` whose layers keep the triplet index on dim 0
+(open_clip, timm and transformers models included); see ``docs/harmonize.md``.
 
 Example:
     >>> import torch
@@ -13,7 +13,6 @@ Example:
 
 from ._functional import cosine, gram_cosine, realign
 from ._harmonizer import Harmonizer, HarmonizeStats
-from ._layers import SUPPORTED
 from ._methods import (
     METHODS,
     GammaSchedule,
@@ -23,10 +22,10 @@ from ._methods import (
     pcgrad_weights,
     reweight_weights,
 )
+from ._rules import register_rule
 
 __all__ = [
     "METHODS",
-    "SUPPORTED",
     "GammaSchedule",
     "GradVac",
     "HarmonizeStats",
@@ -37,5 +36,6 @@ __all__ = [
     "gram_cosine",
     "pcgrad_weights",
     "realign",
+    "register_rule",
     "reweight_weights",
 ]

@@ -59,7 +59,8 @@ class OutputGradients:
 
     Iterating yields ``(loss index, edge indices, gradients)``; every (loss, edge) pair appears
     at most once, and a pair that never appears has no gradient (the loss does not reach the
-    edge). ``reached[i]`` is the set of losses whose graph contains edge ``i``; ``split`` says
+    edge). ``current`` is the loss whose backward is running (for node hooks).
+    ``reached[i]`` is the set of losses whose graph contains edge ``i``; ``split`` says
     whether the own/shared schedule is used (else one backward per loss over the whole graph).
     ``broadcast`` maps an edge index to ``(op, edge shape, result shape)`` when an
     elementwise op or ``expand``/``repeat`` spreads that output over a new leading dimension
@@ -78,6 +79,7 @@ class OutputGradients:
 
     def __init__(self, losses: list[Tensor], edges: list[GradientEdge]):
         self.losses, self.edges = losses, edges
+        self.current: int | None = None  # the loss whose backward is running
         reach = [_reach([loss.grad_fn]) for loss in losses]
         count = Counter(node for nodes in reach for node in nodes)
         self.reached = [{l for l, nodes in enumerate(reach) if e.node in nodes} for e in edges]
@@ -111,9 +113,11 @@ class OutputGradients:
             everything = list(range(len(self.edges)))
             last = len(self.losses) - 1
             for l, loss in enumerate(self.losses):
+                self.current = l
                 grads = torch.autograd.grad(
                     loss, self.edges, retain_graph=l < last, allow_unused=True
                 )
+                self.current = None
                 yield l, everything, grads
             return
         seeds = []
@@ -126,7 +130,9 @@ class OutputGradients:
             if not wanted:
                 seeds.append(([], []))
                 continue
+            self.current = l
             grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+            self.current = None
             if own:
                 yield l, own, grads[: len(own)]
             found = [(e, g) for e, g in zip(frontier, grads[len(own) :]) if g is not None]
@@ -134,6 +140,7 @@ class OutputGradients:
         active = [l for l, (edges, _) in enumerate(seeds) if edges and self._plans[l][1]]
         for l in active:
             (edges, values), mine = seeds[l], self._plans[l][1]
+            self.current = l
             grads = torch.autograd.grad(
                 edges,
                 [self.edges[i] for i in mine],
@@ -141,6 +148,7 @@ class OutputGradients:
                 retain_graph=l != active[-1],
                 allow_unused=True,
             )
+            self.current = None
             yield l, mine, grads
 
 

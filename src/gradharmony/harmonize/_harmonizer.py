@@ -8,10 +8,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
+from torch.utils._pytree import tree_leaves, tree_map
 
-from ._backward import OutputGradients
+from . import _attention  # noqa: F401  (registers the attention rule)
+from ._backward import OutputGradients, _broadcasts, _reach
 from ._functional import gram_cosine
-from ._layers import SUPPORTED, Call, ModuleWork, batchnorm_stats, check_module, kind_of
+from ._generic import GenericWork, output_tensors, row_check
+from ._graph import Landings, analyse
+from ._layers import (
+    _NORM,
+    Call,
+    EmbeddingWork,
+    _combine,
+    _stacked_gram,
+    batchnorm_stats,
+    same_function_rule,
+)
 from ._methods import (
     METHODS,
     GammaSchedule,
@@ -21,6 +33,7 @@ from ._methods import (
     pcgrad_weights,
     reweight_weights,
 )
+from ._rules import rule_for
 
 
 @dataclass
@@ -74,20 +87,25 @@ def _all_reduce_tensors(tensors: list[Tensor]) -> list[Tensor]:
 
 
 class Harmonizer:
-    """Cross-modality gradient harmonization for any model built from supported layers.
+    """Cross-modality gradient harmonization for any PyTorch model.
 
-    Forward hooks on every ``nn.Linear``, ``nn.Conv1d/2d/3d`` (groups=1), ``nn.LayerNorm``,
-    ``nn.Embedding`` and BatchNorm (layer-by-layer definition) record each call while grad is
+    Forward hooks record every call of a module with trainable parameters while grad is
     enabled. :meth:`backward` asks autograd once per loss for the gradient at the recorded
     outputs (no weight-gradient work), builds each group's Gramian layer by layer (cross-pass
     terms included: one triplet's video, audio and text passes all touch the shared weights),
     turns it into loss weights with the chosen method and writes
     ``sum_groups sum_l w_gl G_g^l`` into ``p.grad`` from the stored tensors (no third backward).
+    Linear, Conv (groups = 1), LayerNorm, BatchNorm, Embedding and MultiheadAttention have
+    dedicated rules (``register_rule`` adds one); any other module with parameters takes the
+    generic rule (per-group ``torch.func`` vector-Jacobian products); a parameter used outside
+    every recorded call (a class token, a position table, a projection) is attributed where it
+    meets the batch. Every use of every trainable parameter is accounted for, or
+    :meth:`backward` raises naming the parameters.
 
     Args:
-        model: the module whose trainable parameters receive the update. A trainable parameter
-            owned by an unsupported module (``nn.MultiheadAttention.in_proj_weight``, a bare
-            ``nn.Parameter``) or shared by two modules is rejected with ``ValueError``.
+        model: the module whose trainable parameters receive the update (tied parameters:
+            the contributions of every use are summed). ``nn.Embedding`` with
+            ``sparse``/``scale_grad_by_freq``/``max_norm`` is rejected (all offenders named).
         method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both``. ``gr`` is Algorithm 1
             for two losses and PCGrad (random pairwise order, seeded) for more. ``cl`` drops a
             group when ``cos <= gamma``; ``both`` also projects when ``gamma < cos < 0``.
@@ -104,6 +122,13 @@ class Harmonizer:
             0 keeps them only where it saves memory; elsewhere the update is recomputed as
             ``A^T (sum_l w_l Delta^l)``. Negative: never keep.
         seed: seeds the random pairwise orders of PCGrad/GradVac.
+        loss_params: names of *loss-level* parameters (besides the automatic ones: scalars used
+            outside every layer, such as CLIP's ``logit_scale``, and parameters used only
+            after the model's forward returned). They are in no triplet's passes: left out of
+            the Gramian, they get ``sum_l mean_g(w_gl) grad_l``, the plain gradient of the
+            losses weighted as the groups are on average (``baseline``: the plain gradient).
+        check: also compute the plain gradient of the summed losses and raise, naming the
+            parameters, when the per-group gradients do not sum to it (costs one backward).
 
     A group a loss does not reach (e.g. a clip without narration) is kept with weights 1 and
     ``cos = 0``: there is nothing to conflict with. Records are cleared by :meth:`backward`
@@ -132,6 +157,8 @@ class Harmonizer:
         strategy: str = "auto",
         keep_bytes: int = 0,
         seed: int = 0,
+        loss_params: tuple[str, ...] | list[str] = (),
+        check: bool = False,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -148,16 +175,31 @@ class Harmonizer:
         self.generator = torch.Generator().manual_seed(seed)
         self.gradvac = GradVac(beta, generator=self.generator)
         self.model = model
-        self.params = self._check_model(model)
+        self.check = check
+        self.params, self._names, self._rule = self._check_model(model)
+        by_name = dict(model.named_parameters())
+        unknown = [n for n in loss_params if n not in by_name]
+        if unknown:
+            raise ValueError(f"loss_params {unknown} are not parameters of the model")
+        self._loss_ids = {id(by_name[n]) for n in loss_params}
         self._records: list[Call] = []
         self._in_backward = False
         self._reentrant = False
-        self._handles = [
-            m.register_forward_hook(self._hook)
-            for m in model.modules()
-            if isinstance(m, SUPPORTED)
-            and any(p.requires_grad for p in m.parameters(recurse=False))
-        ]
+        self._seq = 0
+        self._last: dict[nn.Module, int] = {}
+        self._start: dict[nn.Module, list[int]] = {}
+        hooked = list(self._rule)
+        self._whole = {m for m, r in self._rule.items() if self._covers_all(m, r)}
+        within = {d for m in self._whole for d in m.modules() if d is not m}
+        self._below = {
+            m: [d for d in m.modules() if d is not m and d in self._rule and d not in within]
+            for m in hooked
+        }
+        self._outputs: list = []
+        self._handles = [model.register_forward_hook(self._model_hook)]
+        for m in hooked:
+            self._handles.append(m.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(m.register_forward_hook(self._hook, with_kwargs=True))
 
     @staticmethod
     def _parse_granularity(granularity) -> int | None:
@@ -173,64 +215,118 @@ class Harmonizer:
         )
 
     @staticmethod
-    def _check_model(model: nn.Module) -> list[nn.Parameter]:
-        owner: dict[int, str] = {}
-        params = []
+    def _check_model(model: nn.Module):
+        """Trainable parameters (tied ones once), their names and each owner's rule."""
+        params, names, rules, bad = [], {}, {}, []
         for mod_name, module in model.named_modules():
-            for p_name, p in module.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                full = f"{mod_name}.{p_name}" if mod_name else p_name
-                if kind_of(module) is None:
-                    raise ValueError(
-                        f"parameter {full!r} is owned by {type(module).__name__}, which the "
-                        "Harmonizer does not support (supported: Linear, Conv1d/2d/3d, "
-                        "LayerNorm, Embedding, BatchNorm); build it from supported layers"
-                    )
-                check_module(mod_name, module)
-                if id(p) in owner:
-                    raise ValueError(
-                        f"parameter {full!r} is shared with {owner[id(p)]!r}; tied parameters "
-                        "are not supported"
-                    )
-                owner[id(p)] = full
-                params.append(p)
+            direct = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+            rule = rule_for(module)
+            whole = rule is not None and issubclass(rule, GenericWork)  # e.g. attention
+            if not direct and not (whole and any(p.requires_grad for p in module.parameters())):
+                continue
+            if isinstance(module, nn.Embedding) and not EmbeddingWork.accepts(module):
+                bad.append(mod_name or type(module).__name__)
+            rules[module] = rule or GenericWork
+            for p_name, p in direct:
+                if id(p) not in names:
+                    names[id(p)] = f"{mod_name}.{p_name}" if mod_name else p_name
+                    params.append(p)
+        if bad:
+            raise ValueError(
+                f"modules {bad}: nn.Embedding with sparse=True, scale_grad_by_freq=True or "
+                "max_norm is not supported (the gradient depends on the whole batch, or the "
+                "lookup rescales the table in place)"
+            )
         if not params:
             raise ValueError("model has no trainable parameters")
-        return params
+        return params, names, rules
 
-    def _hook(self, module: nn.Module, args: tuple, output) -> None:
+    def _model_hook(self, module: nn.Module, args: tuple, output) -> None:
+        """Remember where the model's forward ends: uses after it belong to the losses."""
+        if not self._in_backward and torch.is_grad_enabled():
+            self._outputs += [t.grad_fn for t in output_tensors(output) if t.grad_fn is not None]
+
+    def _pre_hook(self, module: nn.Module, args: tuple) -> None:
         if self._in_backward:
             return
-        inp = args[0] if args else None
+        self._seq += 1
+        self._last[module] = self._seq
+        self._start.setdefault(module, []).append(self._seq)
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        if self._in_backward:
+            return
+        start = self._start[module].pop()
+        leaves = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor)]
         if not torch.is_grad_enabled():
-            if isinstance(inp, Tensor) and inp.requires_grad:
+            if any(t.requires_grad for t in leaves):
                 self._reentrant = True
             return
-        if not isinstance(output, Tensor) or not output.requires_grad:
+        if self.group_size is None or (self.method == "baseline" and not self.measure):
+            return  # one group: plain per-loss gradients, nothing to record
+        outs = output_tensors(output)
+        out_index = [i for i, t in enumerate(outs) if t.requires_grad and t.grad_fn is not None]
+        if not out_index:
+            return  # a leaf or no grad: no layer computation to differentiate through
+        rule = self._rule[module]
+        direct = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        edges = [get_gradient_edge(outs[i]) for i in out_index]
+        stops = tuple(_node_of(t) for t in leaves if t.requires_grad)
+        inp = args[0] if args else None
+        if rule is GenericWork and len(leaves) == 1 and not kwargs:
+            rule = same_function_rule(module, inp, output) or rule
+        if not issubclass(rule, GenericWork):
+            self._check_batched(module, inp)
+            stats = batchnorm_stats(module, inp) if isinstance(module, _NORM) else None
+            self._records.append(Call(module, inp.detach(), edges[:1], inp.shape[0],
+                                      tuple(direct), stops, stats, rule=rule))  # fmt: skip
             return
-        kind = kind_of(module)
-        expected = {
-            "linear": 2,
-            "conv": module.weight.dim(),
-            "embedding": 1,
-            "batchnorm": 2,
-            "layernorm": len(getattr(module, "normalized_shape", ())) + 1,
-        }[kind]
+        below = self._below[module]
+        unused = [d for d in below if self._last.get(d, 0) < start]
+        if below and not unused and module not in self._whole:
+            return  # sub-layers all ran: its own parameters are attributed where they land
+        covers = list(direct)
+        if module in self._whole:
+            unused = [d for d in module.modules() if d is not module]
+        for name, sub in module.named_modules():
+            if sub in unused:
+                covers += [f"{name}.{n}" for n, p in sub.named_parameters(recurse=False)
+                           if p.requires_grad]  # fmt: skip
+                self._last[sub] = self._seq  # accounted for: used, for the enclosing modules
+        dims, rows = rule.input_dims(module, args, kwargs)
+        detached = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, (args, kwargs))
+        first = outs[out_index[0]]
+        dim = rule.output_dim(module, 0)
+        check = None
+        if out_index[0] == 0 and first.dim() > dim and first.shape[dim] == rows:
+            check = row_check(first, dim)
+        self._records.append(Call(module, None, edges, rows, tuple(covers), stops, None,
+                                  *detached, check, dims, rule, out_index))  # fmt: skip
+
+    @staticmethod
+    def _covers_all(module: nn.Module, rule: type) -> bool:
+        """A registered generic rule (attention) differentiates its sub-modules too."""
+        return issubclass(rule, GenericWork) and rule_for(module) is rule
+
+    @staticmethod
+    def _check_batched(module: nn.Module, inp) -> None:
+        if isinstance(module, (nn.Embedding, nn.Linear, *_NORM)):
+            expected = 1 if isinstance(module, nn.Embedding) else 2
+        elif isinstance(module, nn.LayerNorm):
+            expected = len(module.normalized_shape) + 1
+        else:
+            expected = module.weight.dim()
         if not isinstance(inp, Tensor) or inp.dim() < expected:
             raise RuntimeError(
                 f"{type(module).__name__} was called on an input of shape "
                 f"{None if inp is None else tuple(inp.shape)}; the Harmonizer needs a batch "
                 "dimension (triplet on dim 0)"
             )
-        if output.grad_fn is None:
-            return  # a leaf: no layer computation to differentiate through
-        stats = batchnorm_stats(module, inp) if kind == "batchnorm" else None
-        self._records.append(Call(module, inp.detach(), get_gradient_edge(output), stats))
 
     def reset(self) -> None:
         """Forget the recorded forward calls."""
         self._records = []
+        self._outputs = []
         self._reentrant = False
 
     def remove(self) -> None:
@@ -349,58 +445,92 @@ class Harmonizer:
                 "no forward pass was recorded since the last backward: run the model with grad "
                 "enabled after creating the Harmonizer"
             )
-        grads = OutputGradients(tensors, [c.edge for c in records])
-        self._check_broadcast(records, grads.broadcast)
-        B = batch_size or min(c.rows for c in records)
-        for c in records:
-            if c.rows % B:
-                raise ValueError(
-                    f"{type(c.module).__name__} was called with {c.rows} rows, not a multiple "
-                    f"of the batch size {B}; pass batch_size= or keep the triplet on dim 0"
-                )
+        records, B = self._batched_calls(records, tensors, batch_size)
         if B % self.group_size:
             raise ValueError(
                 f"granularity {self.group_size} does not divide the batch size {B}"
             )
         G = B // self.group_size
         L = len(names)
-        by_module: dict[nn.Module, list[Call]] = {}
+        cov = analyse(tensors, records, self.params, self._names, B, self._loss_ids,
+                      self._outputs)  # fmt: skip
+        plain = self._plain_grads(tensors) if self.check else None
+        level = self._loss_level_grads(tensors, cov.loss_level)
+        landings = Landings(cov.landings, G, L)
+        by_module: dict[tuple, list[Call]] = {}
         for c in records:
-            by_module.setdefault(c.module, []).append(c)
+            by_module.setdefault((c.module, c.rule), []).append(c)
         budget = [self.keep_bytes]
-        works = [
-            ModuleWork(m, calls, G, L, self.strategy, budget) for m, calls in by_module.items()
-        ]
+        works = []
+        for (m, rule), calls in by_module.items():
+            dense = [n for n in calls[0].covers if id(m.get_parameter(n)) in cov.dense]
+            if len({r for mod, r in by_module if mod is m}) > 1:
+                dense = list(calls[0].covers)  # one module, two rules: sum their parts
+            works.append(rule(m, calls, G, L, self.strategy, budget, dense))
         self._records = []
-        self._collect_output_gradients(names, grads, records, works)
+        edges = [e for c in records for e in c.edges] + landings.edges
+        grads = OutputGradients(tensors, edges)
+        landings.attach(grads)
+        try:
+            self._collect_output_gradients(names, grads, records, works, landings)
+        finally:
+            landings.detach()
         del records
         with torch.no_grad():
-            return self._grouped_update(names, [w for w in works if w.reached], G, L, step)
+            return self._grouped_update(names, works, landings, cov, level, plain, G, step)
 
-    def _check_broadcast(self, records: list[Call], broadcast: dict) -> None:
-        if not broadcast:
-            return
-        names = {m: n for n, m in self.model.named_modules()}
-        i, (op, shape, result) = next(iter(sorted(broadcast.items())))
-        module = records[i].module
-        raise ValueError(
-            f"the output of {type(module).__name__} {names.get(module, '?')!r} (shape "
-            f"{list(shape)}) is broadcast to {list(result)} by {op}: its gradient arrives "
-            "summed over the triplets and cannot be split per triplet. Give the call the batch "
-            "dimension, e.g. look a positional table up with torch.arange(T).expand(B, T)"
-        )
+    def _batched_calls(self, records, tensors, batch_size) -> tuple[list[Call], int]:
+        """The calls whose rows hold the batch, and the batch size B.
 
-    def _collect_output_gradients(self, names, grads, records, works) -> None:
+        A call whose output is broadcast over the batch (a table looked up without the batch
+        dimension) is left out: its parameters are attributed where the broadcast lands.
+        """
+        edges = [c.edges[0] for c in records]
+        nodes = _reach([t.grad_fn for t in tensors])
+        spread = _broadcasts(nodes, edges)
+        kept = [c for i, c in enumerate(records) if i not in spread and c.rows > 0]
+        if batch_size is None and not kept:
+            raise RuntimeError("no recorded call holds the batch; pass batch_size=")
+        B = batch_size or min(c.rows for c in kept)
+        for c in kept:
+            if c.rows % B:
+                raise ValueError(
+                    f"{type(c.module).__name__} was called with {c.rows} rows, not a multiple "
+                    f"of the batch size {B}; pass batch_size= or keep the triplet on dim 0"
+                )
+        return kept, B
+
+    def _plain_grads(self, tensors) -> list[Tensor]:
+        grads = torch.autograd.grad(sum(tensors), self.params, retain_graph=True,
+                                    allow_unused=True)  # fmt: skip
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
+
+    @staticmethod
+    def _loss_level_grads(tensors, params) -> list[list[Tensor | None]]:
+        """Per loss, the plain gradients of the loss-level parameters."""
+        if not params:
+            return []
+        return [
+            list(torch.autograd.grad(t, params, retain_graph=True, allow_unused=True))
+            for t in tensors
+        ]
+
+    def _collect_output_gradients(self, names, grads, records, works, landings) -> None:
         """Hand every loss's gradient at every recorded output to its module, as it arrives.
 
-        A call of a norm layer or embedding keeps no output gradient (its module folds each
-        into per-group sums), and its input is dropped once every loss reaching it delivered.
+        A call of a norm layer, embedding or generic module keeps no output gradient (its
+        work folds each into per-group sums), and its inputs are dropped once every loss
+        reaching it delivered.
         """
+        where = {id(call): (work, i) for work in works for i, call in enumerate(work.calls)}
         slot = {}
-        for work in works:
-            for i, call in enumerate(work.calls):
-                slot[id(call)] = (work, i)
-        waiting = [len(r) for r in grads.reached]
+        for call in records:
+            for j in range(len(call.edges)):
+                slot[len(slot)] = (*where[id(call)], j)
+        first_landing = len(slot)
+        waiting = {}
+        for k, (work, i, _) in slot.items():
+            waiting[(id(work), i)] = waiting.get((id(work), i), 0) + len(grads.reached[k])
         reached = [False] * len(names)
         with torch.no_grad():
             for l, indices, values in grads:
@@ -408,33 +538,96 @@ class Harmonizer:
                     if g is None:
                         continue
                     reached[l] = True
-                    work, i = slot[id(records[k])]
-                    work.absorb(i, l, g)
-                    waiting[k] -= 1
-                    if waiting[k] == 0 and work.reduces_on_arrival:
-                        records[k].inp = None
+                    if k >= first_landing:
+                        landings.absorb(k - first_landing, l, g)
+                        continue
+                    work, i, j = slot[k]
+                    work.absorb(i, l, g, j)
+                    waiting[(id(work), i)] -= 1
+                    if waiting[(id(work), i)] == 0:
+                        work.finish(i)
+                        if work.reduces_on_arrival:
+                            call = work.calls[i]
+                            call.inp, call.args, call.kwargs = None, (), {}
         for c in records:
-            c.edge = None
+            c.edges = []
         for name, ok in zip(names, reached):
             if not ok:
                 raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
 
-    def _grouped_update(self, names, works, G, L, step) -> HarmonizeStats:
-        gram = torch.zeros(G, L, L, dtype=torch.float64, device=works[0].device)
+    def _grouped_update(self, names, works, landings, cov, level, plain, G, step):
+        L = len(names)
+        works = [w for w in works if w.reached]
+        device = works[0].device if works else self.params[0].device
+        gram = torch.zeros(G, L, L, dtype=torch.float64, device=device)
         for work in works:
             gram += work.gram()
             if not work.recompute_weight:
                 work.release()
+        dense = self._dense_totals(works, landings)
+        for per_loss in dense.values():
+            reached = [l for l, g in enumerate(per_loss) if g is not None]
+            if reached:
+                rows = torch.stack([per_loss[l].reshape(G, -1) for l in reached])
+                gram += _stacked_gram(rows, reached, L).to(device)
         weights, stats = self._decide(names, gram.cpu(), step)
-        updates: dict[int, Tensor] = {}
-        for work in works:
-            for pname, g in work.update(weights).items():
-                p = getattr(work.module, pname)
-                if p.requires_grad:
-                    updates[id(p)] = g
+        if plain is not None:
+            ones = torch.ones_like(weights)
+            self._check_baseline(self._updates(works, dense, cov, level, ones), plain)
+        updates = self._updates(works, dense, cov, level, weights)
         new = [updates.get(id(p), torch.zeros_like(p)) for p in self.params]
         self._write(_all_reduce_tensors(new))
         return stats
+
+    @staticmethod
+    def _dense_totals(works, landings) -> dict[int, list]:
+        """Per parameter with several sources, the summed per-loss per-group gradients."""
+        totals: dict[int, list] = {}
+
+        def add(i, per_loss):
+            total = totals.setdefault(i, [None] * len(per_loss))
+            for l, g in enumerate(per_loss):
+                if g is not None:
+                    total[l] = g if total[l] is None else total[l] + g
+
+        for work in works:
+            for name in work.dense_names:
+                add(id(work.module.get_parameter(name)), work.dense(name))
+        for i, per_loss in landings.dense.items():
+            add(i, per_loss)
+        return totals
+
+    def _updates(self, works, dense, cov, level, weights) -> dict[int, Tensor]:
+        updates: dict[int, Tensor] = {}
+        for work in works:
+            for name, g in work.update(weights).items():
+                p = work.module.get_parameter(name)
+                updates[id(p)] = g.reshape(p.shape)
+        w = weights.float()
+        for i, per_loss in dense.items():
+            total = _combine(w.to(next(g for g in per_loss if g is not None).device), per_loss)
+            if total is not None:
+                updates[i] = total
+        mean = w.mean(0)  # loss-level parameters: the plain gradient, losses weighted as a batch
+        for k, p in enumerate(cov.loss_level):
+            terms = [float(mean[l]) * g[k] for l, g in enumerate(level) if g[k] is not None]
+            if terms:
+                updates[id(p)] = sum(terms)
+        return updates
+
+    def _check_baseline(self, base: dict[int, Tensor], plain: list[Tensor]) -> None:
+        wrong = []
+        for p, g in zip(self.params, plain):
+            got = base.get(id(p), torch.zeros_like(p)).to(g.dtype)
+            scale = float(g.abs().max()) if g.numel() else 0.0
+            if float((got - g).abs().max()) > 1e-4 * scale + 1e-6:
+                wrong.append(self._names[id(p)])
+        if wrong:
+            raise RuntimeError(
+                f"check=True: the per-group gradients of {wrong} do not sum to the plain "
+                "gradient of the summed losses; a use of these parameters is not accounted "
+                "for correctly"
+            )
 
     def _decide(self, names, gram: Tensor, step: int) -> tuple[Tensor, HarmonizeStats]:
         G, L, _ = gram.shape
@@ -504,3 +697,8 @@ class Harmonizer:
                     p.grad = g.clone()
                 else:
                     p.grad.add_(g)
+
+
+def _node_of(t: Tensor):
+    """The autograd node producing ``t`` (its accumulator for a leaf)."""
+    return t.grad_fn if t.grad_fn is not None else get_gradient_edge(t).node

@@ -19,57 +19,42 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
 
+from ._rules import register_rule
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.modules.batchnorm._BatchNorm,)
-SUPPORTED = (nn.Linear, nn.LayerNorm, nn.Embedding, *_CONV, *_NORM)
+_NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 @dataclass
 class Call:
-    """One recorded forward of a supported module.
+    """One recorded forward of a module.
 
-    ``edge`` is the autograd edge of the output (not the output tensor, which autograd may
-    free when it does not save it); ``deltas`` the per-loss gradients at that output.
+    ``edges`` are the autograd edges of the outputs (not the output tensors, which autograd
+    may free when it does not save them); ``deltas[l]`` the loss-l gradients at them. ``inp``
+    is the input a layer rule needs (generic calls keep ``args``/``kwargs``); ``covers`` the
+    names (relative to the module) of the parameters this call's rule differentiates;
+    ``stops`` the autograd nodes of the call's tensor inputs (where the call's part of the
+    graph ends); ``rows`` its row count on the batch dimension.
     """
 
     module: nn.Module
     inp: Tensor | None
-    edge: GradientEdge | None
+    edges: list[GradientEdge]
+    rows: int
+    covers: tuple[str, ...] = ()
+    stops: tuple = ()
     stats: tuple[Tensor, Tensor] | None = None  # BatchNorm (mean, invstd) used in the forward
-    deltas: list[Tensor | None] = field(default_factory=list)  # per loss, at the output
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    check: Tensor | None = None  # generic calls: per-row sums of the first output
+    in_dims: list = field(default_factory=list)  # generic calls: batch dim per input leaf
+    rule: type | None = None  # the rule that differentiates this call
+    out_index: list = field(default_factory=list)  # generic calls: recorded output tensors
+    deltas: list = field(default_factory=list)  # per loss: per output edge, or None
 
     @property
-    def rows(self) -> int:
-        return self.inp.shape[0]
-
-
-def kind_of(module: nn.Module) -> str | None:
-    """The rule that handles ``module``'s parameters, or None when unsupported."""
-    if isinstance(module, nn.Linear):
-        return "linear"
-    if isinstance(module, _CONV):
-        return "conv"
-    if isinstance(module, nn.LayerNorm):
-        return "layernorm"
-    if isinstance(module, _NORM):
-        return "batchnorm"
-    if isinstance(module, nn.Embedding):
-        return "embedding"
-    return None
-
-
-def check_module(name: str, module: nn.Module) -> None:
-    """Reject supported module types in configurations whose gradients are not handled."""
-    if isinstance(module, _CONV) and (module.groups != 1 or module.transposed):
-        raise ValueError(
-            f"module {name!r}: only convolutions with groups=1 are supported "
-            f"(got groups={module.groups})"
-        )
-    if isinstance(module, nn.Embedding) and (module.sparse or module.scale_grad_by_freq):
-        raise ValueError(
-            f"module {name!r}: nn.Embedding with sparse=True or scale_grad_by_freq=True "
-            "is not supported"
-        )
+    def edge(self) -> GradientEdge | None:
+        return self.edges[0] if self.edges else None
 
 
 def batchnorm_stats(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,36 +119,167 @@ def _stacked_gram(rows: Tensor, reached: list[int], num_losses: int) -> Tensor:
 def linear_form(call: Call, delta: Tensor | None = None) -> Tensor:
     """Rows of the input ``A: [N, T, in]`` (or of ``delta``: ``[N, T, out]``) in float32."""
     m = call.module
+    conv = isinstance(m, _CONV)
     if delta is not None:
-        if isinstance(m, _CONV):
+        if conv:
             return delta.float().movedim(1, -1).reshape(delta.shape[0], -1, delta.shape[1])
         return delta.float().reshape(delta.shape[0], -1, delta.shape[-1])
-    if isinstance(m, _CONV):
+    if conv:
         return _conv_patches(m, call.inp.float())
     return call.inp.float().reshape(call.inp.shape[0], -1, call.inp.shape[-1])
 
 
-def diag_rows(call: Call, delta: Tensor) -> dict[str, Tensor]:
-    """Per-row gradients ``[N, *shape]`` of a norm layer's ``weight`` and ``bias``."""
-    m, x, d = call.module, call.inp.float(), delta.float()
-    n = x.shape[0]
+def normalized(call: Call) -> Tensor:
+    """``x_hat``: the call's input normalised as the norm layer did (before its affine)."""
+    m, x = call.module, call.inp.float()
     if isinstance(m, nn.LayerNorm):
-        shape = tuple(m.normalized_shape)
-        xhat = F.layer_norm(x, shape, eps=m.eps)
-        flat = (n, -1, *shape)
-        return {"weight": (xhat * d).reshape(flat).sum(1), "bias": d.reshape(flat).sum(1)}
+        return F.layer_norm(x, tuple(m.normalized_shape), eps=m.eps)
     mean, invstd = call.stats
     view = [1, -1] + [1] * (x.dim() - 2)
-    xhat = (x - mean.view(view)) * invstd.view(view)
-    dims = list(range(2, x.dim()))
+    return (x - mean.view(view)) * invstd.view(view)
+
+
+def diag_rows(call: Call, delta: Tensor, xhat: Tensor | None = None) -> dict[str, Tensor]:
+    """Per-row gradients ``[N, *shape]`` of a norm layer's ``weight`` and ``bias``."""
+    m, d = call.module, delta.float()
+    xhat = normalized(call) if xhat is None else xhat
+    n = xhat.shape[0]
+    if isinstance(m, nn.LayerNorm):
+        flat = (n, -1, *m.normalized_shape)
+        return {"weight": (xhat * d).reshape(flat).sum(1), "bias": d.reshape(flat).sum(1)}
+    dims = list(range(2, xhat.dim()))
     wd = (xhat * d).sum(dims) if dims else xhat * d
     return {"weight": wd, "bias": d.sum(dims) if dims else d}
 
 
 class ModuleWork:
-    """Gramian contribution and update of one module over all its recorded calls.
+    """Gramian contribution and update of one module's parameters over its recorded calls.
 
-    ``strategy`` picks how Linear/Conv weights enter the Gramian: ``"materialize"`` builds the
+    Parameters named in ``dense`` get contributions from elsewhere too (a tied weight, a
+    table also used outside the module's forward): for them the work only hands out its
+    per-group gradients (:meth:`dense`) and leaves the Gramian and the update to the caller.
+    Subclasses are the rules, registered per layer type with ``register_rule``.
+    """
+
+    reduces_on_arrival = False
+
+    def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None,
+                 dense=()):  # fmt: skip
+        self.module, self.calls, self.G, self.L = module, calls, groups, num_losses
+        self.strategy = strategy
+        self.budget = budget if budget is not None else [0]
+        self.dense_names = set(dense)
+        self.kept: dict[str, list[Tensor | None]] = {}
+        self.recompute_weight = False
+        self.device = _device_of(calls[0])
+        self.reached = False
+        for call in calls:
+            call.deltas = [None] * num_losses
+
+    @staticmethod
+    def accepts(module: nn.Module) -> bool:
+        """Whether this rule handles ``module``'s configuration (else the generic rule does)."""
+        return True
+
+    def names(self) -> list[str]:
+        """The trainable parameters (names relative to the module) this work differentiates."""
+        return list(self.calls[0].covers)
+
+    def _trainable(self, name: str) -> bool:
+        return name in self.calls[0].covers
+
+    def _group(self, rows: Tensor) -> Tensor:
+        return rows.reshape(self.G, rows.shape[0] // self.G, *rows.shape[1:]).sum(1)
+
+    def _add(self, name: str, loss: int, value: Tensor) -> None:
+        grads = self.kept.setdefault(name, [None] * self.L)
+        grads[loss] = value if grads[loss] is None else grads[loss] + value
+
+    def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
+        """Take loss ``loss``'s gradient at output ``slot`` of call ``index``."""
+        raise NotImplementedError
+
+    def finish(self, index: int) -> None:
+        """Every loss reaching call ``index`` has delivered its output gradients."""
+
+    def gram(self) -> Tensor:
+        """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
+        return self._kept_gram(set())
+
+    def _kept_gram(self, counted: set) -> Tensor:
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
+        for name, grads in self.kept.items():
+            if name in counted or name in self.dense_names:
+                continue
+            reached = [l for l, g in enumerate(grads) if g is not None]
+            if reached:
+                rows = torch.stack([grads[l].reshape(self.G, -1) for l in reached])
+                out += _stacked_gram(rows, reached, self.L)
+        return out
+
+    def dense(self, name: str) -> list[Tensor | None]:
+        """Per-loss per-group gradients ``[G, *shape]`` of a parameter named in ``dense``."""
+        return self.kept.get(name, [None] * self.L)
+
+    def update(self, weights: Tensor) -> dict[str, Tensor]:
+        """Parameter gradients ``sum_g sum_l w[g, l] G_g^l`` for loss weights ``[G, L]``."""
+        w = weights.float().to(self.device)
+        grads = {}
+        for name, per_loss in self.kept.items():
+            if name not in self.dense_names:
+                total = _combine(w, per_loss)
+                if total is not None:
+                    grads[name] = total
+        return grads
+
+    def release(self) -> None:
+        """Drop the recorded tensors once the update no longer needs them."""
+        for call in self.calls:
+            call.inp, call.deltas, call.args, call.kwargs = None, [], (), {}
+
+
+def _device_of(call: Call) -> torch.device:
+    if call.inp is not None:
+        return call.inp.device
+    return next(call.module.parameters()).device
+
+
+def _combine(w: Tensor, per_loss: list[Tensor | None]) -> Tensor | None:
+    total = None
+    for l, g in enumerate(per_loss):
+        if g is not None:
+            term = torch.tensordot(w[:, l].to(g.dtype), g, dims=([0], [0]))
+            total = term if total is None else total + term
+    return total
+
+
+@register_rule(nn.LayerNorm, *_NORM)
+class NormWork(ModuleWork):
+    """LayerNorm and BatchNorm affine parameters: ``sum(x_hat * Delta)`` and ``sum(Delta)``,
+    folded into per-group sums as each output gradient arrives."""
+
+    reduces_on_arrival = True
+
+    def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
+        self.reached = True
+        if not hasattr(self, "_xhat"):
+            self._xhat = {}
+        call = self.calls[index]
+        if index not in self._xhat:  # normalised once for every loss
+            self._xhat[index] = normalized(call)
+        for name, rows in diag_rows(call, delta, self._xhat[index]).items():
+            if self._trainable(name):
+                self._add(name, loss, self._group(rows))
+
+    def finish(self, index: int) -> None:
+        getattr(self, "_xhat", {}).pop(index, None)
+
+
+@register_rule(nn.Linear, *_CONV)
+class LinearWork(ModuleWork):
+    """Linear and (groups = 1) convolution weights ``A^T Delta`` and biases ``sum(Delta)``.
+
+    ``strategy`` picks how the weight enters the Gramian: ``"materialize"`` builds the
     per-group gradients ``[G, out, in]``; ``"ghost"`` uses
     ``<G_g^a, G_g^b> = sum_{c, c'} sum((A_c A_c'^T) * (Delta_c^a Delta_c'^b^T))`` over the
     group's rows of every pair of calls (cross-pass terms included); ``"auto"`` takes the
@@ -171,74 +287,27 @@ class ModuleWork:
     when keeping them (and releasing the recorded inputs and output gradients) grows memory
     by no more than what is left of ``budget`` (a one-element list of bytes, shared by all
     modules of a step; negative: never keep); otherwise the update is recomputed as
-    ``A^T (sum_l w_l Delta^l)``.
+    ``A^T (sum_l w_l Delta^l)``. A weight in ``dense`` is always materialised and kept.
     """
 
-    def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None):
-        self.module, self.calls, self.G, self.L = module, calls, groups, num_losses
-        self.kind = kind_of(module)
-        self.strategy = strategy
-        self.budget = budget if budget is not None else [0]
-        self.kept: dict[str, list[Tensor | None]] = {}
-        self.sparse = None
-        self.recompute_weight = False
-        self.device = calls[0].inp.device
-        self.reached = False
-        for call in calls:
-            call.deltas = [None] * num_losses
-        self._rows = self._embedding_rows() if self.kind == "embedding" else None
+    @staticmethod
+    def accepts(module: nn.Module) -> bool:
+        return not isinstance(module, _CONV) or (module.groups == 1 and not module.transposed)
 
-    @property
-    def reduces_on_arrival(self) -> bool:
-        """Norms and embeddings fold each output gradient into small per-group sums at once."""
-        return self.kind in ("layernorm", "batchnorm", "embedding")
-
-    def absorb(self, index: int, loss: int, delta: Tensor) -> None:
-        """Take loss ``loss``'s gradient at the output of call ``index``.
-
-        Linear/Conv keep it for the Gramian and the update; norms reduce it to per-group
-        weight/bias gradients and embeddings to per-(group, row) sums, and drop it.
-        """
+    def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
         self.reached = True
-        call = self.calls[index]
-        if self.kind == "embedding":
-            self._absorb_embedding(index, loss, delta)
-        elif self.reduces_on_arrival:
-            for name, rows in diag_rows(call, delta).items():
-                if self._trainable(name):
-                    self._add(name, loss, self._group(rows))
-        else:
-            call.deltas[loss] = delta
-
-    def _trainable(self, name: str) -> bool:
-        p = getattr(self.module, name, None)
-        return isinstance(p, nn.Parameter) and p.requires_grad
-
-    def _group(self, rows: Tensor) -> Tensor:
-        return rows.reshape(self.G, rows.shape[0] // self.G, *rows.shape[1:]).sum(1)
+        self.calls[index].deltas[loss] = delta
 
     def gram(self) -> Tensor:
-        """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
-        if self.kind == "embedding":
-            return self._embedding_gram()
-        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
         counted = set()
-        if not self.reduces_on_arrival:
-            self._linear_bias()
-            if self._trainable("weight"):
-                out += self._linear_weight()
-                counted.add("weight")  # kept or not, its Gramian is in already
-        for name, grads in self.kept.items():
-            if name not in counted:
-                reached = [l for l, g in enumerate(grads) if g is not None]
-                if reached:
-                    rows = torch.stack([grads[l].reshape(self.G, -1) for l in reached])
-                    out += _stacked_gram(rows, reached, self.L)
-        return out
-
-    def _add(self, name: str, loss: int, value: Tensor) -> None:
-        grads = self.kept.setdefault(name, [None] * self.L)
-        grads[loss] = value if grads[loss] is None else grads[loss] + value
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
+        self._linear_bias()
+        if self._trainable("weight"):
+            gram = self._linear_weight()
+            if "weight" not in self.dense_names:
+                out += gram
+            counted.add("weight")  # kept or not, its Gramian is in already
+        return out + self._kept_gram(counted)
 
     def _linear_bias(self) -> None:
         if not self._trainable("bias"):
@@ -255,7 +324,7 @@ class ModuleWork:
         n = [a.shape[0] // G * a.shape[1] for a in a_rows]
         d_in = a_rows[0].shape[-1]
         m = self.module
-        d_out = m.out_channels if self.kind == "conv" else m.out_features
+        d_out = m.out_channels if isinstance(m, _CONV) else m.out_features
         reach = [sum(d is not None for d in c.deltas) for c in calls]
         update = sum(ni * d_in * d_out for ni in n)
         mat = sum(ni * d_in * d_out * r for ni, r in zip(n, reach))
@@ -266,8 +335,9 @@ class ModuleWork:
         )
         size = 4 * G * self.L * d_in * d_out
         growth = size - self._recorded_bytes()  # keeping lets the recorded tensors go
-        keep = self.budget[0] >= 0 and growth <= self.budget[0]
-        strategy = self.strategy
+        must_keep = "weight" in self.dense_names
+        keep = must_keep or (self.budget[0] >= 0 and growth <= self.budget[0])
+        strategy = "materialize" if must_keep else self.strategy
         if strategy == "auto":
             strategy = "materialize" if mat + (0 if keep else update) <= ghost + update else "ghost"
         if strategy == "ghost":
@@ -284,8 +354,12 @@ class ModuleWork:
                     stacked[slot[l]].baddbmm_(d_g.transpose(1, 2), a_g)
         gram = _stacked_gram(stacked, reached, self.L)
         if keep:
-            self.budget[0] -= max(growth, 0)
-            self.kept["weight"] = [stacked[slot[l]] if l in slot else None for l in range(self.L)]
+            if not must_keep:
+                self.budget[0] -= max(growth, 0)
+            shape = (G, *m.weight.shape)
+            self.kept["weight"] = [
+                stacked[slot[l]].reshape(shape) if l in slot else None for l in range(self.L)
+            ]
         else:
             self.recompute_weight = True
         return gram
@@ -319,56 +393,6 @@ class ModuleWork:
                             out[:, b, a] += v
         return out
 
-    def _embedding_rows(self):
-        """Distinct (group, index) keys over all calls and each call's position in them."""
-        num, G = self.module.num_embeddings, self.G
-        keys = []
-        for call in self.calls:
-            idx = call.inp
-            group = torch.arange(idx.shape[0], device=idx.device) // (idx.shape[0] // G)
-            group = group.view(-1, *([1] * (idx.dim() - 1))).expand_as(idx)
-            keys.append((group * num + idx).reshape(-1))
-        uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
-        per_call = list(inverse.split([k.numel() for k in keys]))
-        return uniq, per_call, [None] * self.L
-
-    def _absorb_embedding(self, index: int, loss: int, delta: Tensor) -> None:
-        m, call = self.module, self.calls[index]
-        if not self._trainable("weight"):
-            return
-        uniq, per_call, per_loss = self._rows
-        d = delta.float().reshape(-1, delta.shape[-1])
-        if m.padding_idx is not None:
-            d = d * (call.inp.reshape(-1) != m.padding_idx).unsqueeze(1)
-        if per_loss[loss] is None:
-            per_loss[loss] = torch.zeros(uniq.numel(), m.embedding_dim, device=d.device)
-        per_loss[loss].index_add_(0, per_call[index], d)
-
-    def _embedding_gram(self) -> Tensor:
-        G, num = self.G, self.module.num_embeddings
-        out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
-        if not self._trainable("weight"):
-            return out
-        uniq, _, per_loss = self._rows
-        group_of = uniq // num
-        for a in range(self.L):
-            for b in range(a, self.L):
-                if per_loss[a] is None or per_loss[b] is None:
-                    continue
-                prod = (per_loss[a] * per_loss[b]).sum(1).double()
-                v = torch.zeros(G, dtype=torch.float64, device=self.device)
-                v = v.index_add_(0, group_of, prod)
-                out[:, a, b] += v
-                if a != b:
-                    out[:, b, a] += v
-        self.sparse = (uniq % num, group_of, per_loss)
-        return out
-
-    def release(self) -> None:
-        """Drop the recorded tensors once the update no longer needs them."""
-        for call in self.calls:
-            call.inp, call.deltas = None, []
-
     def _weighted_weight_grad(self, call: Call, w: Tensor) -> Tensor | None:
         """``A^T (sum_l w_l Delta^l)`` of one call, rows weighted by their group's weights."""
         reached = [l for l, d in enumerate(call.deltas) if d is not None]
@@ -396,37 +420,132 @@ class ModuleWork:
         return comb.reshape(-1, d_out).T @ a.reshape(-1, d_in)
 
     def update(self, weights: Tensor) -> dict[str, Tensor]:
-        """Parameter gradients ``sum_g sum_l w[g, l] G_g^l`` for loss weights ``[G, L]``."""
-        w = weights.float().to(self.device)
-        grads: dict[str, Tensor] = {}
-        for name, per_loss in self.kept.items():
-            total = None
-            for l, g in enumerate(per_loss):
-                if g is None:
-                    continue
-                term = torch.tensordot(w[:, l], g, dims=([0], [0]))
-                total = term if total is None else total + term
-            if total is not None:
-                grads[name] = total
-        if self.sparse is not None:
-            rows, group_of, per_loss = self.sparse
-            combined = sum(
-                w[group_of, l].unsqueeze(1) * g for l, g in enumerate(per_loss) if g is not None
-            )
-            weight = self.module.weight
-            grads["weight"] = torch.zeros(weight.shape, device=self.device).index_add_(
-                0, rows, combined
-            )
+        grads = super().update(weights)
         if self.recompute_weight:
+            w = weights.float().to(self.device)
             total = None
             for call in self.calls:
                 g = self._weighted_weight_grad(call, w)
                 if g is not None:
                     total = g if total is None else total + g
             if total is not None:
-                grads["weight"] = total
-        shaped = {}
-        for name, g in grads.items():
-            p = getattr(self.module, name)
-            shaped[name] = g.reshape(p.shape)
-        return shaped
+                grads["weight"] = total.reshape(self.module.weight.shape)
+        return grads
+
+
+@register_rule(nn.Embedding)
+class EmbeddingWork(ModuleWork):
+    """Embedding tables: each output gradient is scattered into per-(group, index) rows as it
+    arrives (sparse: one row per distinct (group, index) over all calls)."""
+
+    reduces_on_arrival = True
+
+    @staticmethod
+    def accepts(module: nn.Module) -> bool:
+        return not (module.sparse or module.scale_grad_by_freq or module.max_norm is not None)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rows = self._embedding_rows()
+        self.sparse = None
+
+    def _embedding_rows(self):
+        """Distinct (group, index) keys over all calls and each call's position in them."""
+        num, G = self.module.num_embeddings, self.G
+        keys = []
+        for call in self.calls:
+            idx = call.inp
+            group = torch.arange(idx.shape[0], device=idx.device) // (idx.shape[0] // G)
+            group = group.view(-1, *([1] * (idx.dim() - 1))).expand_as(idx)
+            keys.append((group * num + idx).reshape(-1))
+        uniq, inverse = torch.unique(torch.cat(keys), return_inverse=True)
+        per_call = list(inverse.split([k.numel() for k in keys]))
+        return uniq, per_call, [None] * self.L
+
+    def absorb(self, index: int, loss: int, delta: Tensor, slot: int = 0) -> None:
+        self.reached = True
+        m, call = self.module, self.calls[index]
+        if not self._trainable("weight"):
+            return
+        uniq, per_call, per_loss = self._rows
+        d = delta.float().reshape(-1, delta.shape[-1])
+        if m.padding_idx is not None:
+            d = d * (call.inp.reshape(-1) != m.padding_idx).unsqueeze(1)
+        if per_loss[loss] is None:
+            per_loss[loss] = torch.zeros(uniq.numel(), m.embedding_dim, device=d.device)
+        per_loss[loss].index_add_(0, per_call[index], d)
+
+    def gram(self) -> Tensor:
+        G, num = self.G, self.module.num_embeddings
+        out = torch.zeros(G, self.L, self.L, dtype=torch.float64, device=self.device)
+        if not self._trainable("weight"):
+            return out
+        uniq, _, per_loss = self._rows
+        group_of = uniq // num
+        self.sparse = (uniq % num, group_of, per_loss)
+        if "weight" in self.dense_names:
+            return out
+        for a in range(self.L):
+            for b in range(a, self.L):
+                if per_loss[a] is None or per_loss[b] is None:
+                    continue
+                prod = (per_loss[a] * per_loss[b]).sum(1).double()
+                v = torch.zeros(G, dtype=torch.float64, device=self.device)
+                v = v.index_add_(0, group_of, prod)
+                out[:, a, b] += v
+                if a != b:
+                    out[:, b, a] += v
+        return out
+
+    def dense(self, name: str) -> list[Tensor | None]:
+        rows, group_of, per_loss = self.sparse
+        shape = (self.G, *self.module.weight.shape)
+        out = []
+        for g in per_loss:
+            if g is None:
+                out.append(None)
+                continue
+            full = torch.zeros(shape, device=self.device)
+            full.index_put_((group_of, rows), g, accumulate=True)
+            out.append(full)
+        return out
+
+    def update(self, weights: Tensor) -> dict[str, Tensor]:
+        if self.sparse is None or "weight" in self.dense_names:
+            return {}
+        w = weights.float().to(self.device)
+        rows, group_of, per_loss = self.sparse
+        combined = sum(
+            w[group_of, l].unsqueeze(1) * g for l, g in enumerate(per_loss) if g is not None
+        )
+        weight = self.module.weight
+        grad = torch.zeros(weight.shape, device=self.device).index_add_(0, rows, combined)
+        return {"weight": grad}
+
+
+def same_function_rule(module: nn.Module, inp: Tensor, output: Tensor) -> type | None:
+    """A layer rule for a subclass of ``nn.LayerNorm`` or ``nn.Linear`` that overrides
+    ``forward`` (to cast dtypes, say) when this call's output is what the parent computes
+    from the same input and parameters (checked on the first rows: the layers treat rows
+    independently); None otherwise (the generic rule)."""
+    if type(output) is not Tensor or not isinstance(inp, Tensor):
+        return None
+    if isinstance(module, nn.LayerNorm):
+        rule, args = NormWork, (module.normalized_shape, module.weight, module.bias, module.eps)
+        parent = F.layer_norm
+    elif isinstance(module, nn.Linear):
+        rule, args, parent = LinearWork, (module.weight, module.bias), F.linear
+    else:
+        return None
+    if inp.dim() < 2 or inp.shape[:1] != output.shape[:1]:
+        return None
+    with torch.no_grad():  # rows are independent: the first two tell the function
+        try:
+            ref = parent(inp[:2], *args)
+        except RuntimeError:  # another input layout (a channels-first LayerNorm)
+            return None
+        out = output[:2]
+        if ref.shape != out.shape or not torch.allclose(ref.to(out.dtype), out, rtol=1e-5,
+                                                        atol=1e-6):  # fmt: skip
+            return None
+    return rule
