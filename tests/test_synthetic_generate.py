@@ -174,7 +174,7 @@ def test_classification_splits_labels(dataset):
 
 
 def test_round_trip_through_the_reader(dataset):
-    data = pytest.importorskip("gradharmony.data.dataset")
+    data = pytest.importorskip("gradharmony.data")
     from gradharmony.data.decode import ClipSpec, decode_clip_raw
     from gradharmony.data.text import TextTokenizer
 

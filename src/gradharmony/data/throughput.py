@@ -10,8 +10,8 @@ import json
 import os
 
 from gradharmony.data.cache import CacheSource, build_cache, cache_path
-from gradharmony.data.dataset import make_loader
 from gradharmony.data.decode import ClipSpec
+from gradharmony.data.loader import make_loader
 from gradharmony.data.sources import shard_sets
 
 
