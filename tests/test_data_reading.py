@@ -10,7 +10,8 @@ import torch
 from gradharmony.data import ClipSpec, TextTokenizer, make_loader
 from gradharmony.data.writer import ShardWriter, encode_mp4
 
-SPEC = ClipSpec(frames=2, fps=4.0, size=8, crop=8, audio_rate=8000, seconds=1.0)
+SPEC = ClipSpec(frames=2, fps=4.0, size=8, crop=8, audio_rate=8000, clip_seconds=1.0,
+                text_len=3, candidates=2)
 CLIPS, BAD = 9, 4  # clip BAD has no .json
 
 
@@ -33,7 +34,7 @@ def tok():
 
 
 def _loader(pattern, tok, **kw):
-    return make_loader(pattern, SPEC, tok, batch_size=2, k=2, text_length=3, seed=1,
+    return make_loader(pattern, SPEC, tok, batch_size=2, seed=1,
                        shuffle_buffer=4, **kw)
 
 

@@ -179,13 +179,13 @@ def test_round_trip_through_the_reader(dataset):
     from gradharmony.data.text import TextTokenizer
 
     out, _ = dataset
-    spec = ClipSpec(frames=16, fps=8.0, size=64, crop=64, audio_rate=16000, seconds=2.0)
+    spec = ClipSpec(frames=16, fps=8.0, size=64, crop=64, audio_rate=16000, clip_seconds=2.0)
     key, files = next(iter(data.iter_tar_groups(out / "train" / "train-000000.tar")))
     frames, audio, has_audio = decode_clip_raw(files["mp4"], spec)
     assert frames.shape == (16, 64, 64, 3) and audio.shape == (32000,) and has_audio
     texts = [f["txt"].decode() for f in _split(out, "train").values()]
     tok = TextTokenizer.from_texts(texts)
-    loader = data.make_loader(str(out / "train" / "*.tar"), spec, tok, batch_size=5, k=4,
+    loader = data.make_loader(str(out / "train" / "*.tar"), spec, tok, batch_size=5,
                               train=False, infinite=False)
     batch = next(iter(loader))
     assert batch["video"].shape == (5, 16, 64, 64, 3)

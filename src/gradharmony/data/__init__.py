@@ -28,7 +28,8 @@ import importlib
 
 # exported name -> (module under gradharmony.data, attribute)
 _EXPORTS = {
-    **{n: ("decode", n) for n in ("ClipSpec", "SampleError", "decode_clip", "decode_clip_raw",
+    "ClipSpec": ("clip", "ClipSpec"),
+    **{n: ("decode", n) for n in ("SampleError", "decode_clip", "decode_clip_raw",
                                   "augment_frames")},
     "TextTokenizer": ("text", "TextTokenizer"),
     **{n: ("sources", n) for n in ("ShardSet", "SkipCounter", "SKIP_REASONS")},

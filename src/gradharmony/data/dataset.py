@@ -65,8 +65,9 @@ from typing import NamedTuple
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from gradharmony.data.clip import ClipSpec
 from gradharmony.data.collate import collate
-from gradharmony.data.decode import ClipSpec, SampleError, augment_frames
+from gradharmony.data.decode import SampleError, augment_frames
 from gradharmony.data.sources import (
     RETRY_REASON,
     ShardSet,
@@ -229,18 +230,15 @@ class TriModalDataset:
     """
 
     def __init__(self, sets: Sequence[ShardSet], spec: ClipSpec, tokenizer, *,
-                 batch_size: int, k: int = 4, text_length: int = 16, train: bool = True,
-                 seed: int = 0, infinite: bool = True, rank: int = 0,
-                 world_size: int = 1, shuffle_buffer: int = 64, drop_last: bool = False,
-                 sources: Sequence | None = None, retries: int = DEFAULT_RETRIES,
+                 batch_size: int, train: bool = True, seed: int = 0, infinite: bool = True,
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
+                 drop_last: bool = False, sources: Sequence | None = None,
+                 retries: int = DEFAULT_RETRIES,
                  retry_backoff: float = DEFAULT_BACKOFF) -> None:
         if not sets:
             raise ValueError("TriModalDataset: no shard set given")
         if batch_size < 1:
             raise ValueError(f"TriModalDataset: batch_size must be >= 1, got {batch_size}")
-        if k < 1 or text_length < 1:
-            raise ValueError(f"TriModalDataset: k and text_length must be >= 1, got k={k}, "
-                             f"text_length={text_length}")
         if not 0 <= rank < world_size:
             raise ValueError(f"TriModalDataset: rank {rank} outside world_size {world_size}")
         if retries < 0 or not retry_backoff >= 0:
@@ -252,7 +250,7 @@ class TriModalDataset:
         self.sets = list(sets)
         self.sources = list(sources) if sources is not None else [TarSource(s) for s in sets]
         self.spec, self.tokenizer = spec, tokenizer
-        self.batch_size, self.k, self.text_length = batch_size, k, text_length
+        self.batch_size = batch_size
         self.train, self.seed, self.infinite = train, seed, infinite
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.drop_last = shuffle_buffer, drop_last
@@ -374,7 +372,7 @@ class EpochReader:
         source = ds.sources[item.set_index]
         frames, audio, has_audio, text, meta = source.load(item, ds.spec, ds.train, rng)
         video = augment_frames(frames, ds.spec, train=ds.train, rng=rng, as_float=False)
-        k, length = ds.k, ds.text_length
+        k, length = ds.spec.candidates, ds.spec.text_len
         if ds.sets[item.set_index].text:
             neighbors = meta.get("neighbors") or []
             if not isinstance(neighbors, list):

@@ -15,9 +15,9 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from gradharmony.data.cache import open_cache
+from gradharmony.data.clip import ClipSpec
 from gradharmony.data.collate import video_to_float
 from gradharmony.data.dataset import ReaderOutput, TriModalDataset
-from gradharmony.data.decode import ClipSpec
 from gradharmony.data.sources import SkipCounter, shard_sets
 from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES
 
@@ -49,8 +49,9 @@ class ClipLoader:
         >>> _ = write_shards([{"__key__": f"c{i}", "mp4": mp4, "txt": "a red ball",
         ...                    "json": {"neighbors": ["it bounces"]}} for i in range(3)], d)
         >>> tok = TextTokenizer.from_texts(["a red ball", "it bounces"])
-        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000, seconds=1.0)
-        >>> loader = make_loader(f"{d}/*.tar", spec, tok, batch_size=2, k=3, text_length=4)
+        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000,
+        ...                 clip_seconds=1.0, text_len=4, candidates=3)
+        >>> loader = make_loader(f"{d}/*.tar", spec, tok, batch_size=2)
         >>> batch = next(iter(loader))
         >>> tuple(batch["video"].shape), tuple(batch["text"].shape), batch["has_audio"].tolist()
         ((2, 2, 8, 8, 3), (2, 3, 4), [False, False])
@@ -157,7 +158,7 @@ class ClipLoader:
 
 
 def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_size: int,
-                k: int = 4, text_length: int = 16, train: bool = True, seed: int = 0,
+                train: bool = True, seed: int = 0,
                 epoch: int = 0, infinite: bool | None = None, rank: int | None = None,
                 world_size: int | None = None, num_workers: int = 0,
                 shuffle_buffer: int = 64, drop_last: bool = False,
@@ -169,11 +170,11 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
 
     Args:
         sets: a :class:`ShardSet`, a pattern string, or a list of them (a mixture).
-        spec: clip sizes (:class:`ClipSpec`; default ``ClipSpec()``).
+        spec: clip sizes, including the ``candidates`` narrations per clip and the
+            ``text_len`` tokens per narration (:class:`ClipSpec`; default ``ClipSpec()``).
         tokenizer: a :class:`~gradharmony.data.text.TextTokenizer` or the path of a saved one;
             required when a set has narration.
         batch_size: clips per batch on this rank.
-        k, text_length: candidate narrations per clip and tokens per narration.
         train: random window, crop and flip, shard permutation and shuffle buffer; else the
             centred window and crop, shards in sorted order.
         seed, epoch: everything random derives from them (and the rank and reader).
@@ -222,10 +223,10 @@ def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_siz
     for source in sources or []:
         skipped.update(source.skipped)
     dataset = TriModalDataset(
-        sets, spec, tokenizer, batch_size=batch_size, k=k, text_length=text_length,
-        train=train, seed=seed, infinite=train if infinite is None else infinite,
-        rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
-        sources=sources, retries=retries, retry_backoff=retry_backoff)
+        sets, spec, tokenizer, batch_size=batch_size, train=train, seed=seed,
+        infinite=train if infinite is None else infinite, rank=rank, world_size=world_size,
+        shuffle_buffer=shuffle_buffer, drop_last=drop_last, sources=sources, retries=retries,
+        retry_backoff=retry_backoff)
     loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
                         mp_context=mp_context, epoch=epoch)
     loader.skipped = skipped
