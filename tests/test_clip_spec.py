@@ -12,7 +12,7 @@ from gradharmony.data.cache import cache_key
 from gradharmony.data.clip import ClipSpec
 from gradharmony.evaluate.run import VATT_CLIP_FIELDS, model_sizes
 from gradharmony.models.config import VATTConfig
-from gradharmony.train.config import DataConfig, load_config
+from gradharmony.train.config import ConfigError, DataConfig, load_config
 
 #: a value for each ClipSpec field, different from its default, forming a valid clip
 OTHER = {"frames": 6, "fps": 5.0, "size": 40, "crop": 32, "audio_rate": 8000,
@@ -61,3 +61,13 @@ def test_the_cache_key_ignores_the_text_sizes_only():
                         "clip_seconds": 3.0}.items():
         changed = dataclasses.replace(spec, **{name: value})
         assert cache_key(["a.tar"], changed, text=True) != key, name
+
+
+def test_a_training_config_whose_clips_cannot_be_decoded_is_refused(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"")
+    base = ["data.kind=shards", f"data.mixture=[{{shards: '{tmp_path}/a.tar'}}]"]
+    assert load_config(overrides=base).data.frames == 16
+    with pytest.raises(ConfigError, match=r"data: ClipSpec: 40 frames .* clip_seconds=2.0"):
+        load_config(overrides=[*base, "data.frames=40"])
+    with pytest.raises(ConfigError, match="text_len must be >= 1"):
+        load_config(overrides=[*base, "data.text_len=0"])
