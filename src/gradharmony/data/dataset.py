@@ -227,6 +227,21 @@ class TriModalDataset:
     """The fixed description of a shard mixture read as collated batches (use through
     :func:`~gradharmony.data.loader.make_loader`): sets, clip sizes, tokenizer, sharding and
     seed. It holds no iteration state: :meth:`reading` describes one iteration.
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data import TextTokenizer, write_shards
+        >>> from gradharmony.data.writer import encode_mp4
+        >>> d = tempfile.mkdtemp()
+        >>> mp4 = encode_mp4(np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+        >>> _ = write_shards([{"__key__": f"c{i}", "mp4": mp4, "txt": "a ball", "json": {}}
+        ...                   for i in range(3)], d)
+        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000,
+        ...                 clip_seconds=1.0)
+        >>> ds = TriModalDataset([ShardSet(f"{d}/*.tar")], spec, TextTokenizer.from_texts(
+        ...     ["a ball"]), batch_size=2, train=False, infinite=False)
+        >>> [(out.batch["key"], out.position["sets"]) for out in ds.reading()]
+        [(['c0', 'c1'], [[0, 2, False]]), (['c2'], [[0, 3, True]])]
     """
 
     def __init__(self, sets: Sequence[ShardSet], spec: ClipSpec, tokenizer, *,
