@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from gradharmony.train.build import build_batches, build_model
+from gradharmony.evaluate.run import build_model
+from gradharmony.train.build import build_batches
 from gradharmony.train.config import load_config
 from gradharmony.train.distributed import DistContext
 from gradharmony.train.state import make_harmonizer

@@ -8,6 +8,7 @@ brute-force nearest-timestamp searches and closed-form waveforms, independent of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -34,7 +35,7 @@ from gradharmony.data.writer import ShardWriter, encode_mp4
 from tests.media import garble_audio
 
 SRC_FPS, SRC_FRAMES, SRC_RATE = 8, 12, 16000  # 1.5 s source clips
-SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
+SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, clip_seconds=1.0)
 
 
 def tone_hz(i: int) -> float:
@@ -105,12 +106,13 @@ def nearest_frame(t: float) -> int:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_round_trip_frames_audio_text_meta(shards12, tok, workers):
-    loader = make_loader(shards12, SPEC, tok, batch_size=5, train=False, infinite=False, k=4,
-                         text_length=6, num_workers=workers)
+    spec = dataclasses.replace(SPEC, candidates=4, text_len=6)
+    loader = make_loader(shards12, spec, tok, batch_size=5, train=False, infinite=False,
+                         num_workers=workers)
     batches = list(loader)
     assert sorted(len(b["key"]) for b in batches) == ([2, 5, 5] if workers == 0 else
                                                       [1, 1, 5, 5])
-    start = (SRC_FRAMES / SRC_FPS - SPEC.seconds) / 2  # eval: the centred window
+    start = (SRC_FRAMES / SRC_FPS - SPEC.clip_seconds) / 2  # eval: the centred window
     want_idx = [nearest_frame(start + j / SPEC.fps) for j in range(SPEC.frames)]
     t = start + np.arange(SPEC.audio_samples) / SPEC.audio_rate
     seen = []
@@ -143,7 +145,7 @@ def test_round_trip_frames_audio_text_meta(shards12, tok, workers):
 def test_fps_sampling_and_crop_sizes():
     data = clip_mp4(3)
     for fps, frames in [(8.0, 8), (4.0, 4), (2.0, 3)]:
-        spec = ClipSpec(frames=frames, fps=fps, size=20, crop=10, audio_rate=4000, seconds=1.0)
+        spec = ClipSpec(frames=frames, fps=fps, size=20, crop=10, audio_rate=4000, clip_seconds=1.0)
         video, audio, has_audio = decode_clip(data, spec, train=False)
         assert video.shape == (frames, 10, 10, 3) and audio.shape == (4000,) and has_audio
         start = 0.25
@@ -155,7 +157,7 @@ def test_train_crop_is_random_and_flips_eval_is_centred():
     f = np.zeros((8, 32, 48, 3), np.uint8)
     f[:, :, 24:] = 255  # left half black, right half white
     data = encode_mp4(f, 8)
-    spec = ClipSpec(frames=2, fps=4.0, size=16, crop=8, audio_rate=8000, seconds=0.5)
+    spec = ClipSpec(frames=2, fps=4.0, size=16, crop=8, audio_rate=8000, clip_seconds=0.5)
     video, audio, has_audio = decode_clip(data, spec, train=False)
     assert not has_audio and not audio.any()
     # centre crop of the centred 16x16 square: columns 4..11, the black/white edge at 8
@@ -171,7 +173,7 @@ def test_train_crop_is_random_and_flips_eval_is_centred():
 
 
 def test_too_short_corrupt_and_missing_audio_track():
-    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=2.0)
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, clip_seconds=2.0)
     with pytest.raises(SampleError) as e:
         decode_clip(clip_mp4(0), spec)  # 1.5 s < 2.0 s - 1/4 s
     assert e.value.reason == "too_short"
@@ -204,7 +206,7 @@ def test_ddp_times_workers_sharding_has_no_duplicate_and_no_loss(
         tmp_path_factory, mp4_cache, tok, monkeypatch, per_reader):
     pattern = clean_set(tmp_path_factory, mp4_cache, 18, 3, prefix=f"ddp{per_reader}")
     monkeypatch.setattr(dataset_module, "SHARDS_PER_READER", per_reader)
-    spec = ClipSpec(frames=1, fps=4.0, size=8, crop=8, audio_rate=4000, seconds=1.0)
+    spec = ClipSpec(frames=1, fps=4.0, size=8, crop=8, audio_rate=4000, clip_seconds=1.0)
     orders = []
     for epoch in (0, 1):
         keys = []
@@ -224,7 +226,7 @@ def test_mixture_weights_and_text_free_set(tmp_path_factory, mp4_cache, tok):
     d = tmp_path_factory.mktemp("mixb")
     b = write_set(d, "b", [sample(i, mp4=mp4_cache[i], txt=None) | {"__key__": f"b{i:02d}"}
                            for i in range(6)], 6)
-    spec = ClipSpec(frames=1, fps=4.0, size=8, crop=8, audio_rate=4000, seconds=1.0)
+    spec = ClipSpec(frames=1, fps=4.0, size=8, crop=8, audio_rate=4000, clip_seconds=1.0)
     sets = [ShardSet(a, weight=3.0, name="narrated"), ShardSet(b, weight=1.0, text=False)]
     loader = make_loader(sets, spec, tok, batch_size=20, seed=3)
     n_b = n = 0
@@ -420,7 +422,7 @@ def late_audio_mp4(delay: float, rate: int = 16000) -> bytes:
 
 
 def test_audio_is_placed_by_its_timestamps():
-    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=16000, seconds=1.5)
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=16000, clip_seconds=1.5)
     _, audio, has_audio = decode_clip(late_audio_mp4(0.25), spec)
     assert has_audio
     envelope = np.abs(audio).reshape(-1, 400).max(axis=1)  # 25 ms blocks
@@ -429,7 +431,7 @@ def test_audio_is_placed_by_its_timestamps():
 
 def test_train_window_start_is_random_within_the_video():
     data = clip_mp4(1)  # 1.5 s, frames every 1/8 s; clip of 1 s: start uniform in [0, 0.5]
-    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=16, audio_rate=8000, seconds=1.0)
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=16, audio_rate=8000, clip_seconds=1.0)
     firsts = set()
     for seed in range(10):
         video, audio, _ = decode_clip(data, spec, train=True, rng=np.random.default_rng(seed))

@@ -12,7 +12,7 @@ from gradharmony.data import ClipSpec, ShardSet, TextTokenizer, make_loader
 from gradharmony.data.cache import build_cache, cache_path
 from gradharmony.data.writer import ShardWriter, encode_mp4
 
-SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
+SPEC = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, clip_seconds=1.0)
 
 
 def mp4(i: int, n: int = 12) -> bytes:
@@ -63,7 +63,7 @@ def test_cache_is_built_once_and_keyed_by_spec_and_shards(shards, tmp_path):
     stamp = os.stat(path / "meta.json").st_mtime_ns
     assert build_cache(s, SPEC, tmp_path, progress=False) == path
     assert os.stat(path / "meta.json").st_mtime_ns == stamp
-    other = ClipSpec(frames=2, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
+    other = ClipSpec(frames=2, fps=4.0, size=16, crop=12, audio_rate=8000, clip_seconds=1.0)
     assert cache_path(s, other, tmp_path) != path
     assert cache_path(ShardSet(shards, text=False), SPEC, tmp_path) != path
     n_bytes = 8 * SPEC.frames * SPEC.size * SPEC.size * 3
@@ -111,7 +111,7 @@ from gradharmony.data import ClipSpec, TextTokenizer, make_loader
 dist.init_process_group("gloo", init_method="env://")
 pattern, cache, out = sys.argv[1:4]
 tok = TextTokenizer.from_texts([f"clip {i}" for i in range(12)])
-spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, seconds=1.0)
+spec = ClipSpec(frames=4, fps=4.0, size=16, crop=12, audio_rate=8000, clip_seconds=1.0)
 loader = make_loader(pattern, spec, tok, batch_size=2, infinite=False, cache_dir=cache,
                      num_workers=1)
 keys = [k for b in loader for k in b["key"]]

@@ -83,7 +83,7 @@ def test_make_shards_cuts_clips_with_neighbors_and_counts_bad_rows(videos, tmp_p
     t = 2.5 + np.arange(RATE) / RATE  # the cut audio continues the source's phase
     assert np.corrcoef(audio[:RATE], np.sin(2 * np.pi * HZ * t))[0, 1] > 0.95
     tok = TextTokenizer.from_texts(texts)
-    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=16, audio_rate=8000, seconds=1.0)
+    spec = ClipSpec(frames=4, fps=4.0, size=16, crop=16, audio_rate=8000, clip_seconds=1.0)
     loader = make_loader(str(out / "*.tar"), spec, tok, batch_size=4, train=False,
                          infinite=False)
     batch = next(iter(loader))

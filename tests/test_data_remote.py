@@ -34,7 +34,7 @@ from gradharmony.data.writer import ShardWriter, encode_mp4
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None,
                                 reason="http:// shards are read with curl (WebDataset's gopen)")
 
-SPEC = ClipSpec(frames=2, fps=4.0, size=8, crop=8, audio_rate=8000, seconds=1.0)
+SPEC = ClipSpec(frames=2, fps=4.0, size=8, crop=8, audio_rate=8000, clip_seconds=1.0)
 N_CLIPS, PER_SHARD = 12, 3
 SHARDS = "s-{000000..000003}.tar"
 MAX_SERVE_S = 600  # the server stops by itself after this long

@@ -5,11 +5,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from gradharmony.data.clip import ClipSpec
 from gradharmony.data.text import TextTokenizer
 from gradharmony.data.writer import encode_mp4, write_shards
 from gradharmony.evaluate.cli import main_eval, main_score
 from gradharmony.evaluate.clips import load_clips, window_starts
-from gradharmony.evaluate.run import clip_spec, load_run
+from gradharmony.evaluate.run import load_run
 from gradharmony.models import create_model
 
 COLOURS = np.array([[230, 30, 30], [30, 200, 30], [30, 30, 230]], dtype=np.uint8)
@@ -73,7 +74,7 @@ def test_window_starts_cover_the_clip():
 
 
 def test_load_clips_windows(tiny):
-    spec = clip_spec({"data": DATA})
+    spec = ClipSpec.from_config({"data": DATA})
     clips = load_clips(tiny / "data" / "retrieval", spec, windows=2, progress=False)
     assert clips.video.shape == (6, 2, 4, 32, 32, 3)
     assert clips.audio.shape == (6, 2, 8000)
@@ -158,7 +159,7 @@ def test_bad_runs_are_clear_errors(tiny, tmp_path):
 def test_iter_clipsets_chunks_in_shard_order(tiny):
     from gradharmony.evaluate.clips import iter_clipsets
 
-    spec = clip_spec({"data": DATA})
+    spec = ClipSpec.from_config({"data": DATA})
     parts = list(iter_clipsets(tiny / "data" / "retrieval", spec, 1, chunk=4, progress=False))
     assert [len(p) for p in parts] == [4, 2]
     assert [k for p in parts for k in p.keys] == [f"retrieval{i:03d}" for i in range(6)]

@@ -14,7 +14,7 @@ def test_pipeline_eval_score_report(tmp_path):
 
     data = tmp_path / "data"
     generate(data, seed=0, clips=48, size=ClipSize(frames=4, fps=4.0, size=32,
-                                                    sample_rate=8000),
+                                                    audio_rate=8000),
              retrieval=16, probe=(32, 16), av=(2, 2), workers=0, progress=False)
     runs = tmp_path / "runs"
     common = ["--quiet", f"run_dir={runs}", "steps=6", "batch_size=8", "log_every=2",

@@ -174,18 +174,19 @@ def test_classification_splits_labels(dataset):
 
 
 def test_round_trip_through_the_reader(dataset):
-    data = pytest.importorskip("gradharmony.data.dataset")
+    data = pytest.importorskip("gradharmony.data")
     from gradharmony.data.decode import ClipSpec, decode_clip_raw
     from gradharmony.data.text import TextTokenizer
 
     out, _ = dataset
-    spec = ClipSpec(frames=16, fps=8.0, size=64, crop=64, audio_rate=16000, seconds=2.0)
+    spec = ClipSpec(frames=16, fps=8.0, size=64, crop=64, audio_rate=16000, clip_seconds=2.0)
+    assert ClipSize().read_spec() == spec
     key, files = next(iter(data.iter_tar_groups(out / "train" / "train-000000.tar")))
     frames, audio, has_audio = decode_clip_raw(files["mp4"], spec)
     assert frames.shape == (16, 64, 64, 3) and audio.shape == (32000,) and has_audio
     texts = [f["txt"].decode() for f in _split(out, "train").values()]
     tok = TextTokenizer.from_texts(texts)
-    loader = data.make_loader(str(out / "train" / "*.tar"), spec, tok, batch_size=5, k=4,
+    loader = data.make_loader(str(out / "train" / "*.tar"), spec, tok, batch_size=5,
                               train=False, infinite=False)
     batch = next(iter(loader))
     assert batch["video"].shape == (5, 16, 64, 64, 3)
@@ -283,7 +284,7 @@ def test_training_on_the_study_preset_with_k_candidates(tmp_path, neighbors, k):
     generate(data, seed=1, clips=16, noise=noise_config("clean", off_topic=0.25,
                                                         neighbors=neighbors),
              retrieval=2, probe=(0, 0), av=(0, 0), workers=0, progress=False,
-             size=ClipSize(frames=4, fps=8.0, size=16, sample_rate=8000))
+             size=ClipSize(frames=4, fps=8.0, size=16, audio_rate=8000))
     cfg = load_config(Path(__file__).parents[1] / "configs" / "study.yaml", [
         f"data.mixture=[{{shards: {data / 'train'}, weight: 1.0, has_text: true}}]",
         "data.cache_dir=null", "data.frames=4", "data.fps=8.0", "data.size=16", "data.crop=16",

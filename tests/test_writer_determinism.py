@@ -13,6 +13,6 @@ def test_same_frames_same_bytes_every_time():
     size = ClipSize()
     clip = plan_split("retrieval", 2, seed=7, size=size)[1]
     frames, audio = render_planned_clip(clip, size)
-    digests = {hashlib.md5(encode_mp4(frames, size.fps, audio, size.sample_rate)).hexdigest()
+    digests = {hashlib.md5(encode_mp4(frames, size.fps, audio, size.audio_rate)).hexdigest()
                for _ in range(12)}
     assert len(digests) == 1

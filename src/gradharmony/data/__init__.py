@@ -28,11 +28,13 @@ import importlib
 
 # exported name -> (module under gradharmony.data, attribute)
 _EXPORTS = {
-    **{n: ("decode", n) for n in ("ClipSpec", "SampleError", "decode_clip", "decode_clip_raw",
+    "ClipSpec": ("clip", "ClipSpec"),
+    **{n: ("decode", n) for n in ("SampleError", "decode_clip", "decode_clip_raw",
                                   "augment_frames")},
     "TextTokenizer": ("text", "TextTokenizer"),
     **{n: ("sources", n) for n in ("ShardSet", "SkipCounter", "SKIP_REASONS")},
-    **{n: ("dataset", n) for n in ("ClipLoader", "TriModalDataset", "make_loader")},
+    "TriModalDataset": ("dataset", "TriModalDataset"),
+    **{n: ("loader", n) for n in ("ClipLoader", "make_loader")},
     "iter_tar_groups": ("streams", "iter_tar_groups"),
     "build_cache": ("cache", "build_cache"),
     "open_cache": ("cache", "open_cache"),

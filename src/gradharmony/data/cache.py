@@ -5,7 +5,7 @@ the tiny model, so the demo trains from a cache. :func:`build_cache` decodes eac
 of a :class:`~gradharmony.data.sources.ShardSet` with the evaluation window (centred in
 time) to the pre-crop frames (``uint8 [T, size, size, 3]``) and the audio (int16), and writes
 them to two memory-mapped arrays in ``CACHE_DIR/NAME-HASH/``, where the hash covers the shard
-paths, sizes and modification times, the :class:`~gradharmony.data.decode.ClipSpec` and the
+paths, sizes and modification times, the :class:`~gradharmony.data.clip.ClipSpec` and the
 set's ``text`` flag: a changed shard or spec gives a new directory (remote shards enter with
 their URLs only, so delete the directory when a remote set changes). The narration, the JSON
 metadata and ``has_audio`` of every row go to ``index.json``.
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+from gradharmony.data.clip import ClipSpec
+from gradharmony.data.decode import SampleError, decode_clip_raw
 from gradharmony.data.sources import RETRY_REASON, VIDEO_EXTS, ShardSet, SkipCounter, TarSource
 from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, iter_tar_groups
 
@@ -52,9 +53,16 @@ def cache_key(paths: list[str], spec: ClipSpec, text: bool) -> str:
         st = os.stat(p) if os.path.exists(p) else None
         files.append([os.path.abspath(p), st.st_size if st else -1,
                       int(st.st_mtime) if st else -1])
-    blob = json.dumps({"v": CACHE_VERSION, "files": files, "spec": spec.to_dict(),
+    blob = json.dumps({"v": CACHE_VERSION, "files": files, "spec": _decoded_sizes(spec),
                        "text": bool(text)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _decoded_sizes(spec: ClipSpec) -> dict:
+    """The part of ``spec`` that the cached arrays depend on, under the key names of cache
+    version 1 (narrations are cached as text: ``text_len`` and ``candidates`` do not count)."""
+    return {"frames": spec.frames, "fps": spec.fps, "size": spec.size, "crop": spec.crop,
+            "audio_rate": spec.audio_rate, "seconds": spec.clip_seconds}
 
 
 def cache_path(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLike) -> Path:
@@ -151,7 +159,7 @@ def build_cache(shard_set: ShardSet, spec: ClipSpec, cache_dir: str | os.PathLik
                            f"(skipped: {skipped.as_dict() or 'nothing'})")
     with open(tmp / "index.json", "w") as f:
         json.dump(rows, f)
-    meta = {"version": CACHE_VERSION, "rows": len(rows), "spec": spec.to_dict(),
+    meta = {"version": CACHE_VERSION, "rows": len(rows), "spec": _decoded_sizes(spec),
             "text": shard_set.text, "patterns": shard_set.patterns,
             "skipped": skipped.as_dict()}
     with open(tmp / "meta.json", "w") as f:
@@ -173,9 +181,9 @@ class CacheSource:
         self.set, self.spec, self.path = shard_set, spec, Path(path)
         with open(self.path / "meta.json") as f:
             self.info = json.load(f)
-        if self.info["spec"] != spec.to_dict():
+        if self.info["spec"] != _decoded_sizes(spec):
             raise ValueError(f"CacheSource: {self.path} holds clips of spec {self.info['spec']}, "
-                             f"expected {spec.to_dict()}")
+                             f"expected {_decoded_sizes(spec)}")
         self.size = int(self.info["rows"])
         self.skipped = dict(self.info.get("skipped", {}))
         self._index: list[dict] | None = None

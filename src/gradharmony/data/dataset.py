@@ -36,11 +36,17 @@ saying so when every shard failed to open or read).
 fails is re-opened (``retries``, ``retry_backoff``; each re-open counted as ``shard_retry``,
 which is not a skipped clip) and its clips are delivered once.
 
-**Resuming.** Each batch records its reader's position (per set: epoch and clips drawn from
-the shuffle buffer; number of mixture draws). :meth:`ClipLoader.state_dict` keeps the
-latest position of every reader; after :meth:`ClipLoader.load_state_dict`, readers
-fast-forward through the tar streams without decoding and the batches continue exactly as
-the uninterrupted run would have produced them (infinite mode).
+**Resuming.** Each batch comes with its reader's position (per set: epoch and clips drawn
+from the shuffle buffer; number of mixture draws), a :class:`ReaderOutput`.
+:class:`~gradharmony.data.loader.ClipLoader` keeps the latest position of every reader;
+an iteration that starts from them fast-forwards through the tar streams without decoding,
+and the batches continue exactly as the uninterrupted run would have produced them
+(infinite mode).
+
+**Who owns what.** :class:`TriModalDataset` is the fixed description (sets, sizes, seed,
+sharding). Each iteration is an :class:`EpochReading` (where it starts: epoch, reader
+positions, worker rotation), and each worker process reads it with an :class:`EpochReader`
+of its own, which owns the mutable state: its set readers, mixture draws and skip counts.
 
 Example:
     >>> c = SkipCounter()
@@ -51,25 +57,23 @@ Example:
 
 from __future__ import annotations
 
-import json
-import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gradharmony.data.cache import open_cache
-from gradharmony.data.collate import collate, video_to_float
-from gradharmony.data.decode import ClipSpec, SampleError, augment_frames
+from gradharmony.data.clip import ClipSpec
+from gradharmony.data.collate import collate
+from gradharmony.data.decode import SampleError, augment_frames
 from gradharmony.data.sources import (
     RETRY_REASON,
     ShardSet,
     SkipCounter,
     StreamItem,
     TarSource,
-    shard_sets,
 )
 from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, iter_tar_groups
 
@@ -78,14 +82,18 @@ from gradharmony.data.streams import DEFAULT_BACKOFF, DEFAULT_RETRIES, is_url, i
 SHARDS_PER_READER = 8
 
 
-class _Reader:
-    """One reader's view of a set: epochs of owned clips through a shuffle buffer."""
+class _SetReader:
+    """One reader's view of a set: epochs of owned clips through a shuffle buffer.
 
-    def __init__(self, ds: TriModalDataset, s: int, g: int, n: int, counter: SkipCounter):
+    Skipped clips are reported through ``count`` (the :class:`EpochReader`'s counter).
+    """
+
+    def __init__(self, ds: TriModalDataset, s: int, g: int, n: int, epoch: int,
+                 count: Callable[[str], None]):
         self.ds, self.s, self.g, self.n = ds, s, g, n
-        self.counter = counter
+        self.report = count
         self.source = ds.sources[s]
-        self.epoch = ds.epoch
+        self.epoch = epoch
         self.emitted = 0
         self.good_this_epoch = 0
         self.dead: bool | str = False  # a string says why: every shard failed to be read
@@ -96,7 +104,7 @@ class _Reader:
 
     def _count(self, reason: str) -> None:
         if not self.quiet:
-            self.counter.add(reason)
+            self.report(reason)
 
     def _owned(self, epoch: int) -> Iterator[tuple[str, object]]:
         ds, g, n = self.ds, self.g, self.n
@@ -180,6 +188,7 @@ class _Reader:
             self.start(self.epoch + 1, 0)
 
 
+
 def _shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
     buf: list = []
     for x in items:
@@ -202,28 +211,49 @@ def _label(meta: Mapping) -> int:
         return -1
 
 
-class TriModalDataset(IterableDataset):
-    """Iterable dataset of collated batches (use through :func:`make_loader`).
+class ReaderOutput(NamedTuple):
+    """What a reader hands to the loader: a batch (``None`` at the end of an epoch when only
+    skips are left to report), the clips it ``skipped`` since its previous output (counts by
+    reason), its logical index ``reader`` and its ``position`` after the batch
+    (``{"draws": n, "sets": [[epoch, emitted, dead], ...]}``, JSON-able)."""
 
-    Yields batch dicts (``docs/architecture.md``) plus ``skipped`` (counts of the clips this
-    reader skipped since its previous batch) and the private ``_reader``/``_position``
-    entries that :class:`ClipLoader` removes.
+    reader: int
+    position: dict
+    skipped: dict
+    batch: dict | None
+
+
+class TriModalDataset:
+    """The fixed description of a shard mixture read as collated batches (use through
+    :func:`~gradharmony.data.loader.make_loader`): sets, clip sizes, tokenizer, sharding and
+    seed. It holds no iteration state: :meth:`reading` describes one iteration.
+
+    Example:
+        >>> import tempfile
+        >>> from gradharmony.data import TextTokenizer, write_shards
+        >>> from gradharmony.data.writer import encode_mp4
+        >>> d = tempfile.mkdtemp()
+        >>> mp4 = encode_mp4(np.zeros((8, 16, 16, 3), np.uint8), fps=8)
+        >>> _ = write_shards([{"__key__": f"c{i}", "mp4": mp4, "txt": "a ball", "json": {}}
+        ...                   for i in range(3)], d)
+        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000,
+        ...                 clip_seconds=1.0)
+        >>> ds = TriModalDataset([ShardSet(f"{d}/*.tar")], spec, TextTokenizer.from_texts(
+        ...     ["a ball"]), batch_size=2, train=False, infinite=False)
+        >>> [(out.batch["key"], out.position["sets"]) for out in ds.reading()]
+        [(['c0', 'c1'], [[0, 2, False]]), (['c2'], [[0, 3, True]])]
     """
 
     def __init__(self, sets: Sequence[ShardSet], spec: ClipSpec, tokenizer, *,
-                 batch_size: int, k: int = 4, text_length: int = 16, train: bool = True,
-                 seed: int = 0, epoch: int = 0, infinite: bool = True, rank: int = 0,
-                 world_size: int = 1, shuffle_buffer: int = 64, drop_last: bool = False,
-                 sources: Sequence | None = None, retries: int = DEFAULT_RETRIES,
+                 batch_size: int, train: bool = True, seed: int = 0, infinite: bool = True,
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
+                 drop_last: bool = False, sources: Sequence | None = None,
+                 retries: int = DEFAULT_RETRIES,
                  retry_backoff: float = DEFAULT_BACKOFF) -> None:
-        super().__init__()
         if not sets:
             raise ValueError("TriModalDataset: no shard set given")
         if batch_size < 1:
             raise ValueError(f"TriModalDataset: batch_size must be >= 1, got {batch_size}")
-        if k < 1 or text_length < 1:
-            raise ValueError(f"TriModalDataset: k and text_length must be >= 1, got k={k}, "
-                             f"text_length={text_length}")
         if not 0 <= rank < world_size:
             raise ValueError(f"TriModalDataset: rank {rank} outside world_size {world_size}")
         if retries < 0 or not retry_backoff >= 0:
@@ -235,14 +265,11 @@ class TriModalDataset(IterableDataset):
         self.sets = list(sets)
         self.sources = list(sources) if sources is not None else [TarSource(s) for s in sets]
         self.spec, self.tokenizer = spec, tokenizer
-        self.batch_size, self.k, self.text_length = batch_size, k, text_length
-        self.train, self.seed, self.epoch, self.infinite = train, seed, epoch, infinite
+        self.batch_size = batch_size
+        self.train, self.seed, self.infinite = train, seed, infinite
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.drop_last = shuffle_buffer, drop_last
         self.retries, self.retry_backoff = int(retries), float(retry_backoff)
-        self.resume: dict[int, dict] = {}
-        self.rotation = 0
-        self.video_uint8 = False  # set by ClipLoader when workers pass batches to it
         weights = np.array([s.weight for s in self.sets], float)
         self.weights = weights / weights.sum()
 
@@ -253,300 +280,129 @@ class TriModalDataset(IterableDataset):
             return list(range(n))
         return [int(i) for i in np.random.default_rng([self.seed, 4, s, epoch]).permutation(n)]
 
+    def reading(self, epoch: int = 0, positions: Mapping[int, dict] | None = None,
+                rotation: int = 0, video_uint8: bool = False) -> EpochReading:
+        """One iteration over the data, from ``epoch`` or from the readers' ``positions``
+        (logical reader -> :attr:`ReaderOutput.position`); ``rotation`` shifts which worker
+        process plays which logical reader; ``video_uint8`` keeps the video uint8."""
+        return EpochReading(self, int(epoch), dict(positions or {}), int(rotation),
+                            bool(video_uint8))
+
+
+@dataclass(frozen=True, eq=False)
+class EpochReading(IterableDataset):
+    """One iteration of a :class:`TriModalDataset` (see :meth:`TriModalDataset.reading`):
+    each worker process that iterates it reads its share with an :class:`EpochReader`."""
+
+    dataset: TriModalDataset
+    epoch: int = 0
+    positions: dict = field(default_factory=dict)
+    rotation: int = 0
+    video_uint8: bool = False
+
+    def __iter__(self) -> Iterator[ReaderOutput]:
+        info = get_worker_info()
+        workers = info.num_workers if info is not None else 1
+        physical = info.id if info is not None else 0
+        return EpochReader(self, (physical + self.rotation) % workers, workers).outputs()
+
+
+class EpochReader:
+    """The reading of one logical reader (a worker process of a rank): it owns the set
+    readers, the count of mixture draws and the skip counts, and yields
+    :class:`ReaderOutput` s."""
+
+    def __init__(self, reading: EpochReading, logical: int, workers: int) -> None:
+        ds = self.ds = reading.dataset
+        self.video_uint8 = reading.video_uint8
+        self.logical = logical
+        self.g = ds.rank * workers + logical
+        n = ds.world_size * workers
+        self.skipped = SkipCounter()
+        self.readers = [_SetReader(ds, s, self.g, n, reading.epoch, self._skip)
+                        for s in range(len(ds.sets))]
+        self.draws = 0
+        self.warned = False
+        pos = reading.positions.get(logical)
+        if pos is not None:
+            self.draws = int(pos["draws"])
+            for r, (epoch, emitted, dead) in zip(self.readers, pos["sets"]):
+                r.dead = bool(dead)
+                if not r.dead:
+                    r.start(int(epoch), int(emitted))
+
+    def _skip(self, reason: str) -> None:
+        self.skipped.add(reason)
+
+    def _pick(self) -> _SetReader | None:
+        """The set reader of the next clip (a mixture draw), ``None`` when all are dead."""
+        alive = [r for r in self.readers if not r.dead]
+        if len(alive) <= 1:
+            return alive[0] if alive else None
+        w = np.array([self.ds.weights[r.s] for r in alive])
+        u = np.random.default_rng([self.ds.seed, 1, self.g, self.draws]).random()
+        self.draws += 1
+        return alive[min(int(np.searchsorted(np.cumsum(w / w.sum()), u, "right")),
+                         len(alive) - 1)]
+
+    def outputs(self) -> Iterator[ReaderOutput]:
+        """Batches of decoded clips until every set reader is dead (never, in infinite mode)."""
+        samples: list[dict] = []
+        while (reader := self._pick()) is not None:
+            item = reader.next()
+            if item is None:
+                continue
+            sample = self._decoded(item)
+            if sample is None:
+                continue
+            reader.good_this_epoch += 1
+            samples.append(sample)
+            if len(samples) == self.ds.batch_size:
+                yield self._output(samples)
+                samples = []
+        if samples and not self.ds.drop_last:
+            yield self._output(samples)
+        elif self.skipped.as_dict():  # report the last skips: the loader counts them
+            yield self._output([])
+
+    def _decoded(self, item: StreamItem) -> dict | None:
+        """The sample of ``item``, or ``None`` (counted) when it cannot be used."""
+        try:
+            return self._sample(item)
+        except SampleError as exc:
+            self.skipped.add(exc.reason)
+        except Exception as exc:  # noqa: BLE001 - one odd file must not stop training
+            self.skipped.add("decode_error")
+            if not self.warned:
+                self.warned = True
+                warnings.warn(f"skipping clip {item.key} of {self.ds.sets[item.set_index].label}"
+                              f" ({type(exc).__name__}: {exc}); further such clips are "
+                              f"counted as 'decode_error' without warning", stacklevel=1)
+        return None
+
     def _sample(self, item: StreamItem) -> dict:
-        rng = np.random.default_rng([self.seed, 2, item.set_index, item.epoch, item.index,
-                                     self._g])
-        source = self.sources[item.set_index]
-        frames, audio, has_audio, text, meta = source.load(item, self.spec, self.train, rng)
-        video = augment_frames(frames, self.spec, train=self.train, rng=rng, as_float=False)
-        k, length = self.k, self.text_length
-        if self.sets[item.set_index].text:
+        ds = self.ds
+        rng = np.random.default_rng([ds.seed, 2, item.set_index, item.epoch, item.index,
+                                     self.g])
+        source = ds.sources[item.set_index]
+        frames, audio, has_audio, text, meta = source.load(item, ds.spec, ds.train, rng)
+        video = augment_frames(frames, ds.spec, train=ds.train, rng=rng, as_float=False)
+        k, length = ds.spec.candidates, ds.spec.text_len
+        if ds.sets[item.set_index].text:
             neighbors = meta.get("neighbors") or []
             if not isinstance(neighbors, list):
                 neighbors = []
-            ids, mask, cand = self.tokenizer.encode_candidates(text, neighbors, k, length)
+            ids, mask, cand = ds.tokenizer.encode_candidates(text, neighbors, k, length)
         else:
             ids, mask = np.zeros((k, length), np.int64), np.zeros((k, length), bool)
             cand = np.zeros(k, bool)
         return {"video": video, "audio": audio, "text": ids, "text_mask": mask,
-                "candidate_mask": cand, "has_text": bool(self.sets[item.set_index].text),
+                "candidate_mask": cand, "has_text": bool(ds.sets[item.set_index].text),
                 "has_audio": has_audio, "label": _label(meta), "key": item.key, "meta": meta}
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        workers = info.num_workers if info is not None else 1
-        physical = info.id if info is not None else 0
-        logical = (physical + self.rotation) % workers
-        g = self.rank * workers + logical
-        n = self.world_size * workers
-        self._g = g
-        self._warned = False
-        counter = SkipCounter()
-        readers = [_Reader(self, s, g, n, counter) for s in range(len(self.sets))]
-        pos = self.resume.get(logical)
-        draws = 0
-        if pos is not None:
-            draws = int(pos["draws"])
-            for r, (epoch, emitted, dead) in zip(readers, pos["sets"]):
-                r.dead = bool(dead)
-                if not r.dead:
-                    r.start(int(epoch), int(emitted))
-        samples: list[dict] = []
-        while True:
-            alive = [r for r in readers if not r.dead]
-            if not alive:
-                break
-            if len(alive) == 1:
-                reader = alive[0]
-            else:
-                w = np.array([self.weights[r.s] for r in alive])
-                u = np.random.default_rng([self.seed, 1, g, draws]).random()
-                draws += 1
-                reader = alive[min(int(np.searchsorted(np.cumsum(w / w.sum()), u, "right")),
-                                   len(alive) - 1)]
-            item = reader.next()
-            if item is None:
-                continue
-            try:
-                samples.append(self._sample(item))
-            except SampleError as exc:
-                counter.add(exc.reason)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one odd file must not stop training
-                counter.add("decode_error")
-                if not self._warned:
-                    self._warned = True
-                    warnings.warn(f"skipping clip {item.key} of {self.sets[item.set_index].label}"
-                                  f" ({type(exc).__name__}: {exc}); further such clips are "
-                                  f"counted as 'decode_error' without warning", stacklevel=1)
-                continue
-            reader.good_this_epoch += 1
-            if len(samples) == self.batch_size:
-                yield self._batch(samples, counter, readers, draws, logical)
-                samples, counter = [], _reset(counter)
-        if samples and not self.drop_last:
-            yield self._batch(samples, counter, readers, draws, logical)
-        elif counter.as_dict():  # report the last skips: the loader counts them, yields nothing
-            yield {"skipped": counter.as_dict(), "_reader": logical, "_empty": True,
-                   "_position": {"draws": draws,
-                                 "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}}
-
-    def _batch(self, samples, counter, readers, draws, logical) -> dict:
-        batch = collate(samples, video_uint8=self.video_uint8)
-        batch["skipped"] = counter.as_dict()
-        batch["_reader"] = logical
-        batch["_position"] = {"draws": draws,
-                              "sets": [[r.epoch, r.emitted, r.dead] for r in readers]}
-        return batch
-
-
-def _reset(counter: SkipCounter) -> SkipCounter:
-    """Empty ``counter`` in place (readers hold a reference to it) and return it."""
-    counter._counts.clear()
-    return counter
-
-
-def _no_collate(batch: dict) -> dict:
-    """Batches are collated by the dataset: the DataLoader passes them on untouched."""
-    return batch
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
-class ClipLoader:
-    """A torch ``DataLoader`` over :class:`TriModalDataset` that tracks position and skips.
-
-    Iterate it for batches. ``skipped`` is the running :class:`SkipCounter`; ``batches`` the
-    number of batches consumed (in the current epoch in epoch mode, in total otherwise);
-    :meth:`state_dict` / :meth:`load_state_dict` resume exactly (see the module docstring).
-
-    Example:
-        >>> import tempfile
-        >>> from gradharmony.data import ClipSpec, TextTokenizer, make_loader, write_shards
-        >>> from gradharmony.data.writer import encode_mp4
-        >>> d = tempfile.mkdtemp()
-        >>> mp4 = encode_mp4(np.zeros((8, 16, 16, 3), np.uint8), fps=8)
-        >>> _ = write_shards([{"__key__": f"c{i}", "mp4": mp4, "txt": "a red ball",
-        ...                    "json": {"neighbors": ["it bounces"]}} for i in range(3)], d)
-        >>> tok = TextTokenizer.from_texts(["a red ball", "it bounces"])
-        >>> spec = ClipSpec(frames=2, fps=2.0, size=16, crop=8, audio_rate=8000, seconds=1.0)
-        >>> loader = make_loader(f"{d}/*.tar", spec, tok, batch_size=2, k=3, text_length=4)
-        >>> batch = next(iter(loader))
-        >>> tuple(batch["video"].shape), tuple(batch["text"].shape), batch["has_audio"].tolist()
-        ((2, 2, 8, 8, 3), (2, 3, 4), [False, False])
-        >>> batch["candidate_mask"][0].tolist(), loader.state_dict()["batches"]
-        ([True, True, False], 1)
-    """
-
-    def __init__(self, dataset: TriModalDataset, num_workers: int = 0,
-                 prefetch_factor: int = 2, pin_memory: bool = False,
-                 mp_context: str | None = None) -> None:
-        self.dataset = dataset
-        self.mp_context = mp_context
-        self.num_workers = num_workers
-        self.prefetch_factor = prefetch_factor
-        self.pin_memory = pin_memory
-        self.skipped = SkipCounter()
-        self.batches = 0
-        self._positions: dict[int, dict] = {}
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the next iteration reads (epoch mode) or started from (infinite)."""
-        return self.dataset.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start ``epoch`` from its beginning at the next iteration."""
-        self.dataset.epoch = int(epoch)
-        self.batches = 0
-        self._positions = {}
-
-    def state_dict(self) -> dict:
-        """Position to resume from: epoch, batches consumed, per-reader positions, skips."""
-        return {"epoch": self.dataset.epoch, "seed": self.dataset.seed,
-                "batches": self.batches, "readers": json.loads(json.dumps(self._positions)),
-                "skipped": self.skipped.as_dict()}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Continue from a :meth:`state_dict` (same seed, sets, workers and world size)."""
-        if int(state.get("seed", self.dataset.seed)) != self.dataset.seed:
-            raise ValueError(f"ClipLoader.load_state_dict: state was saved with seed "
-                             f"{state['seed']}, this loader has seed {self.dataset.seed}")
-        self.dataset.epoch = int(state["epoch"])
-        self.batches = int(state["batches"])
-        self._positions = {int(k): v for k, v in dict(state.get("readers", {})).items()}
-        self.skipped = SkipCounter(state.get("skipped", {}))
-
-    def __iter__(self) -> Iterator[dict]:
-        from torch.utils.data import DataLoader
-
-        ds = self.dataset
-        ds.resume = dict(self._positions)
-        workers = max(1, self.num_workers)
-        ds.rotation = self.batches % workers
-        ds.video_uint8 = self.num_workers > 0  # 4x less to copy between processes
-        kwargs = {}
-        if self.num_workers > 0:
-            kwargs = {"prefetch_factor": self.prefetch_factor, "worker_init_fn": _worker_init,
-                      "multiprocessing_context": self.mp_context}
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers,
-                            collate_fn=_no_collate, pin_memory=self.pin_memory, **kwargs)
-        for batch in loader:
-            self._positions[int(batch.pop("_reader"))] = batch.pop("_position")
-            self.skipped.update(batch["skipped"])
-            if batch.pop("_empty", False):
-                continue
-            if batch["video"].dtype == torch.uint8:
-                batch["video"] = video_to_float(batch["video"])
-                if self.pin_memory:
-                    batch["video"] = batch["video"].pin_memory()
-            self.batches += 1
-            self._check_dead_sets(workers, failed_only=not ds.infinite)
-            yield batch
-        self._check_dead_sets(workers, failed_only=True)
-        if ds.infinite or self.batches == 0:
-            labels = "; ".join(s.label for s in ds.sets)
-            raise RuntimeError(f"shard set(s) {labels} yielded no usable clip "
-                               f"(skipped: {self.skipped.as_dict() or 'nothing'})"
-                               f"{self._failure(range(len(ds.sets)))}")
-        self.set_epoch(ds.epoch + 1)
-
-    def _check_dead_sets(self, workers: int, failed_only: bool) -> None:
-        """Raise when every reader of a set is dead (``failed_only``: because none of the
-        shards it was given could be read, which epoch mode also reports)."""
-        if len(self._positions) < workers:
-            return
-        for s, shard_set in enumerate(self.dataset.sets):
-            dead = [p["sets"][s][2] for p in self._positions.values()]
-            if all(isinstance(d, str) if failed_only else d for d in dead):
-                raise RuntimeError(f"shard set {shard_set.label} yielded no usable clip on "
-                                   f"rank {self.dataset.rank} (skipped so far: "
-                                   f"{self.skipped.as_dict() or 'nothing'})"
-                                   f"{self._failure([s])}")
-
-    def _failure(self, sets) -> str:
-        """``": every shard failed ..."`` when a reader of one of ``sets`` could read none."""
-        notes = sorted({p["sets"][s][2] for p in self._positions.values() for s in sets
-                        if isinstance(p["sets"][s][2], str)})
-        return f": {notes[0]}" if notes else ""
-
-    def __len__(self) -> int:  # pragma: no cover - iterable length is unknown
-        raise TypeError("ClipLoader has no length: clips are streamed")
-
-
-def make_loader(sets, spec: ClipSpec | None = None, tokenizer=None, *, batch_size: int,
-                k: int = 4, text_length: int = 16, train: bool = True, seed: int = 0,
-                epoch: int = 0, infinite: bool | None = None, rank: int | None = None,
-                world_size: int | None = None, num_workers: int = 0,
-                shuffle_buffer: int = 64, drop_last: bool = False,
-                cache_dir: str | os.PathLike | None = None,
-                pin_memory: bool = False, mp_context: str | None = None,
-                retries: int = DEFAULT_RETRIES,
-                retry_backoff: float = DEFAULT_BACKOFF) -> ClipLoader:
-    """A :class:`ClipLoader` over one shard set or a weighted mixture of them.
-
-    Args:
-        sets: a :class:`ShardSet`, a pattern string, or a list of them (a mixture).
-        spec: clip sizes (:class:`ClipSpec`; default ``ClipSpec()``).
-        tokenizer: a :class:`~gradharmony.data.text.TextTokenizer` or the path of a saved one;
-            required when a set has narration.
-        batch_size: clips per batch on this rank.
-        k, text_length: candidate narrations per clip and tokens per narration.
-        train: random window, crop and flip, shard permutation and shuffle buffer; else the
-            centred window and crop, shards in sorted order.
-        seed, epoch: everything random derives from them (and the rank and reader).
-        infinite: cycle the sets forever (default: ``train``); else yield one epoch per
-            iteration, then move to the next epoch.
-        rank, world_size: the DDP position (default: from ``torch.distributed`` when
-            initialised, else 0 and 1). Every rank must use the same seed and sets.
-        num_workers: ``DataLoader`` worker processes (0 decodes in this process).
-        drop_last: in epoch mode, drop each reader's last incomplete batch.
-        cache_dir: train from the decoded-clip cache (:mod:`gradharmony.data.cache`), built in
-            this directory on first use.
-        pin_memory: page-locked batches, for faster copies to a GPU.
-        mp_context: start method of the workers (default: the platform's, ``fork`` on
-            Linux; ``"forkserver"`` or ``"spawn"`` if a library in the main process does not
-            survive a fork).
-        retries, retry_backoff: a remote shard (URL) whose stream fails is re-opened up to
-            ``retries`` times, after ``retry_backoff * 2**attempt`` seconds (counted as
-            ``shard_retry``); then it is skipped (``unreadable_shard`` or ``truncated_tar``).
-
-    Example:
-        >>> make_loader("no/such/*.tar", batch_size=2)
-        Traceback (most recent call last):
-        ...
-        ValueError: ShardSet: pattern 'no/such/*.tar' matches no file
-    """
-    sets = shard_sets(sets)
-    spec = spec or ClipSpec()
-    if isinstance(tokenizer, (str, os.PathLike)):
-        from gradharmony.data.text import TextTokenizer
-
-        tokenizer = TextTokenizer.load(tokenizer)
-    if rank is None or world_size is None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            rank, world_size = dist.get_rank(), dist.get_world_size()
-        else:
-            rank, world_size = 0, 1
-    sources = None
-    if cache_dir is not None:
-        sources = [open_cache(s, spec, cache_dir, retries=retries,
-                              retry_backoff=retry_backoff) for s in sets]
-    else:
-        for s in sets:
-            s.paths()
-    skipped = SkipCounter()
-    for source in sources or []:
-        skipped.update(source.skipped)
-    dataset = TriModalDataset(
-        sets, spec, tokenizer, batch_size=batch_size, k=k, text_length=text_length,
-        train=train, seed=seed, epoch=epoch, infinite=train if infinite is None else infinite,
-        rank=rank, world_size=world_size, shuffle_buffer=shuffle_buffer, drop_last=drop_last,
-        sources=sources, retries=retries, retry_backoff=retry_backoff)
-    loader = ClipLoader(dataset, num_workers=num_workers, pin_memory=pin_memory,
-                        mp_context=mp_context)
-    loader.skipped = skipped
-    return loader
+    def _output(self, samples: list[dict]) -> ReaderOutput:
+        batch = collate(samples, video_uint8=self.video_uint8) if samples else None
+        skipped, self.skipped = self.skipped.as_dict(), SkipCounter()
+        position = {"draws": self.draws,
+                    "sets": [[r.epoch, r.emitted, r.dead] for r in self.readers]}
+        return ReaderOutput(self.logical, position, skipped, batch)

@@ -6,17 +6,18 @@ The spatial pipeline is the same for live decoding and for the decoded-clip cach
 augmentation then takes a ``crop x crop`` window from it (random position + horizontal flip
 in training, the centre in evaluation) and converts it to float32 in [0, 1].
 
-Temporally, the clip window lasts ``spec.seconds``; in training its start is uniform over the
-video's duration, in evaluation the window is centred. Inside the window, ``spec.frames``
-target times ``start + j / spec.fps`` are each given the decoded frame with the nearest
-timestamp (ties go to the earlier frame). A video shorter than ``spec.seconds - 1 / spec.fps``
-is rejected as ``too_short`` (:class:`FramePicker`). The audio track is resampled to mono
-``spec.audio_rate`` with :class:`av.AudioResampler`, placed by its timestamps relative to the
-first video frame, then cut or zero-padded to ``spec.audio_samples`` (:class:`AudioWindow`); a
-file without an audio track gets silence and ``has_audio=False``.
+Temporally, the clip window lasts ``spec.clip_seconds``; in training its start is uniform
+over the video's duration, in evaluation the window is centred. Inside the window,
+``spec.frames`` target times ``start + j / spec.fps`` are each given the decoded frame with the
+nearest timestamp (ties go to the earlier frame). A video shorter than
+``spec.clip_seconds - 1 / spec.fps`` is rejected as ``too_short`` (:class:`FramePicker`). The
+audio track is resampled to mono ``spec.audio_rate`` with :class:`av.AudioResampler`, placed
+by its timestamps relative to the first video frame, then cut or zero-padded to
+``spec.audio_samples`` (:class:`AudioWindow`); a file without an audio track gets silence and
+``has_audio=False``. The sizes are a :class:`~gradharmony.data.clip.ClipSpec`.
 
 Example:
-    >>> spec = ClipSpec(frames=4, fps=2.0, size=8, crop=6, audio_rate=8000, seconds=2.0)
+    >>> spec = ClipSpec(frames=4, fps=2.0, size=8, crop=6, audio_rate=8000, clip_seconds=2.0)
     >>> spec.audio_samples
     16000
     >>> frames = np.zeros((4, 8, 8, 3), np.uint8)
@@ -29,10 +30,11 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from gradharmony.data.clip import ClipSpec
 
 #: Stable reasons under which a decoding failure is counted (see :class:`SampleError`).
 DECODE_REASONS = ("corrupt_video", "too_short", "bad_audio")
@@ -49,59 +51,6 @@ class SampleError(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """Sizes of a decoded clip.
-
-    Args:
-        frames: number of frames T.
-        fps: target frame rate of the sampled frames.
-        size: short side after resizing; the central ``size x size`` square is kept.
-        crop: side of the final crop (``crop <= size``).
-        audio_rate: target audio sample rate (Hz), mono.
-        seconds: clip length; the audio has ``round(seconds * audio_rate)`` samples and the
-            frames span ``(frames - 1) / fps`` seconds, which must fit inside it.
-
-    Example:
-        >>> ClipSpec().frames, ClipSpec().crop, ClipSpec().audio_samples
-        (16, 64, 32000)
-        >>> ClipSpec(frames=40, fps=8.0, seconds=2.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: ClipSpec: 40 frames at 8.0 fps span 4.875 s, longer than seconds=2.0
-    """
-
-    frames: int = 16
-    fps: float = 8.0
-    size: int = 72
-    crop: int = 64
-    audio_rate: int = 16000
-    seconds: float = 2.0
-
-    def __post_init__(self) -> None:
-        for name in ("frames", "size", "crop", "audio_rate"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ClipSpec: {name} must be >= 1, got {getattr(self, name)}")
-        if self.fps <= 0 or self.seconds <= 0:
-            raise ValueError(f"ClipSpec: fps and seconds must be > 0, got {self.fps}, "
-                             f"{self.seconds}")
-        if self.crop > self.size:
-            raise ValueError(f"ClipSpec: crop={self.crop} is larger than size={self.size}")
-        span = (self.frames - 1) / self.fps
-        if span > self.seconds + 1e-9:
-            raise ValueError(f"ClipSpec: {self.frames} frames at {self.fps} fps span {span} s, "
-                             f"longer than seconds={self.seconds}")
-
-    @property
-    def audio_samples(self) -> int:
-        """Number of audio samples of a clip."""
-        return int(round(self.seconds * self.audio_rate))
-
-    def to_dict(self) -> dict:
-        """Plain dict (for configs and cache keys)."""
-        return asdict(self)
 
 
 _REFORMATTER: dict[int, object] = {}
@@ -134,9 +83,9 @@ def _resize_square(frame, size: int) -> np.ndarray:
 
 def _window_start(duration: float | None, spec: ClipSpec, train: bool,
                   rng: np.random.Generator | None) -> float:
-    if duration is None or duration <= spec.seconds:
+    if duration is None or duration <= spec.clip_seconds:
         return 0.0
-    slack = duration - spec.seconds
+    slack = duration - spec.clip_seconds
     if train:
         rng = rng if rng is not None else np.random.default_rng()
         return float(rng.uniform(0.0, slack))
@@ -362,8 +311,9 @@ def _decode_open(container, spec: ClipSpec, train: bool, rng):
     astream = container.streams.audio[0] if container.streams.audio else None
     duration = _stream_duration(container, vstream)
     period = 1.0 / spec.fps
-    if duration is not None and duration < spec.seconds - period:
-        raise SampleError("too_short", f"video lasts {duration:.3f} s, clip needs {spec.seconds} s")
+    if duration is not None and duration < spec.clip_seconds - period:
+        raise SampleError("too_short",
+                          f"video lasts {duration:.3f} s, clip needs {spec.clip_seconds} s")
     start = _window_start(duration, spec, train, rng)
     picker = FramePicker(start + np.arange(spec.frames) / spec.fps,
                          lambda frame: _resize_square(frame, spec.size))
@@ -390,7 +340,7 @@ def augment_frames(frames: np.ndarray, spec: ClipSpec, *, train: bool,
     crop (the loader converts whole batches at once, which is faster).
 
     Example:
-        >>> spec = ClipSpec(frames=1, fps=1.0, size=4, crop=2, seconds=1.0)
+        >>> spec = ClipSpec(frames=1, fps=1.0, size=4, crop=2, clip_seconds=1.0)
         >>> x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1).repeat(3, -1)
         >>> np.round(augment_frames(x, spec, train=False)[0, :, :, 0] * 255)
         array([[ 5.,  6.],

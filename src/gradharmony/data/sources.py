@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+from gradharmony.data.clip import ClipSpec
+from gradharmony.data.decode import SampleError, decode_clip_raw
 from gradharmony.data.streams import check_backend, is_url
 
 #: Stable strings under which skipped samples are counted.

@@ -10,8 +10,8 @@ import json
 import os
 
 from gradharmony.data.cache import CacheSource, build_cache, cache_path
-from gradharmony.data.dataset import make_loader
-from gradharmony.data.decode import ClipSpec
+from gradharmony.data.clip import ClipSpec
+from gradharmony.data.loader import make_loader
 from gradharmony.data.sources import shard_sets
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--spec", default="16,8,64,64,16000,2",
-                   help="frames,fps,size,crop,audio_rate,seconds")
+                   help="frames,fps,size,crop,audio_rate,clip_seconds")
     args = p.parse_args(argv)
     f = args.spec.split(",")
     spec = ClipSpec(int(f[0]), float(f[1]), int(f[2]), int(f[3]), int(f[4]), float(f[5]))

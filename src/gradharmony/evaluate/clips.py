@@ -15,11 +15,12 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gradharmony.data.decode import ClipSpec, SampleError, decode_clip_raw
+from gradharmony.data.clip import ClipSpec
+from gradharmony.data.decode import SampleError, decode_clip_raw
 
 
 def shard_files(path: str | os.PathLike) -> list[str]:
@@ -142,12 +143,11 @@ def _decode_sample(sample: dict, spec: ClipSpec, windows: int,
         skipped["missing_mp4"] = skipped.get("missing_mp4", 0) + 1
         return None
     meta = json.loads(sample["json"]) if "json" in sample else {}
-    dur = _duration(sample["mp4"]) or spec.seconds
-    total_s = max(spec.seconds, dur)
+    dur = _duration(sample["mp4"]) or spec.clip_seconds
+    total_s = max(spec.clip_seconds, dur)
     n_frames = max(spec.frames, int(np.floor(total_s * spec.fps + 1e-9)))
-    full = ClipSpec(frames=n_frames, fps=spec.fps, size=spec.size, crop=spec.crop,
-                    audio_rate=spec.audio_rate,
-                    seconds=max(total_s, (n_frames - 1) / spec.fps))
+    full = replace(spec, frames=n_frames,
+                   clip_seconds=max(total_s, (n_frames - 1) / spec.fps))
     try:
         frames, audio, has_audio = decode_clip_raw(sample["mp4"], full, train=False)
     except SampleError as err:

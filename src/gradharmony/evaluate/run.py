@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from gradharmony.data.decode import ClipSpec
+from gradharmony.data.clip import ClipSpec
 
 
 @dataclass
@@ -33,39 +33,22 @@ class LoadedRun:
     @property
     def spec(self) -> ClipSpec:
         """The clip geometry the model was trained on (from ``config.data``)."""
-        return clip_spec(self.config)
+        return ClipSpec.from_config(self.config)
 
     @property
     def text_len(self) -> int:
-        return int(self.config.get("data", {}).get("text_len", 16))
+        return self.spec.text_len
 
     @property
     def candidates(self) -> int:
-        return int(self.config.get("data", {}).get("candidates", 4))
+        return self.spec.candidates
 
 
-def clip_spec(config: Mapping) -> ClipSpec:
-    """The :class:`ClipSpec` of a run config's ``data`` section (frames resized to short side
-    ``data.size``; evaluation takes the centre ``data.crop`` square, default ``data.size``),
-    for a plain dict or a loaded training config alike.
-
-    Example:
-        >>> clip_spec({"data": {"frames": 8, "fps": 4.0, "size": 36, "crop": 32}}).crop
-        32
-    """
-    d = config.get("data", {})
-    size = int(d.get("size", 72))
-    return ClipSpec(frames=int(d.get("frames", 16)), fps=float(d.get("fps", 8.0)),
-                    size=size, crop=int(d.get("crop", size) or size),
-                    audio_rate=int(d.get("audio_rate", 16000)),
-                    seconds=float(d.get("clip_seconds", 2.0)))
-
-
-#: VATT config field <- run config key (``data.*`` or top level) of the data-derived sizes
-MODEL_SIZES = {"video_frames": "data.frames", "video_size": "data.crop",
-               "audio_seconds": "data.clip_seconds", "audio_rate": "data.audio_rate",
-               "max_words": "data.text_len", "num_candidates": "data.candidates",
-               "vocab_size": "data.vocab_size", "grad_checkpointing": "grad_checkpointing"}
+#: VATT config field <- :class:`ClipSpec` field (the ``data`` key of a run config): the one
+#: place where the model's names for the clip sizes meet the data's
+VATT_CLIP_FIELDS = {"video_frames": "frames", "video_size": "crop",
+                    "audio_seconds": "clip_seconds", "audio_rate": "audio_rate",
+                    "max_words": "text_len", "num_candidates": "candidates"}
 
 
 def _plain(config: Mapping) -> dict:
@@ -86,12 +69,12 @@ def model_sizes(config: Mapping, vocab_size: int | None = None) -> dict:
         (8, 64, 50)
     """
     config = _plain(config)
-    out = {}
-    for field, key in MODEL_SIZES.items():
-        section, _, name = key.rpartition(".")
-        values = config.get(section, {}) if section else config
-        if name in values:
-            out[field] = values[name]
+    data = config.get("data", {})
+    out = {field: data[key] for field, key in VATT_CLIP_FIELDS.items() if key in data}
+    if "vocab_size" in data:
+        out["vocab_size"] = data["vocab_size"]
+    if "grad_checkpointing" in config:
+        out["grad_checkpointing"] = config["grad_checkpointing"]
     if vocab_size:
         out["vocab_size"] = vocab_size
     return out

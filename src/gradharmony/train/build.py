@@ -1,60 +1,20 @@
-"""What a training config builds: the model (with its data-derived input sizes) and the batches.
+"""What a training config builds besides the model: the batches, and the saved config's
+model sizes.
+
+The model itself is :func:`gradharmony.evaluate.run.build_model`, the one definition training
+and evaluation share.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gradharmony.evaluate.run import model_sizes
 from gradharmony.train.batches import RandomTriplets
 from gradharmony.train.distributed import DistContext
-
-
-def model_overrides(cfg: DictConfig, vocab_size: int) -> dict:
-    """Fields of the VATT config that follow from the data: input sizes and the vocabulary.
-
-    Example:
-        >>> from gradharmony.train.config import load_config
-        >>> o = model_overrides(load_config(overrides=["data.kind=random"]), vocab_size=50)
-        >>> o["video_size"], o["audio_rate"], o["vocab_size"]
-        (64, 16000, 50)
-    """
-    d = cfg.data
-    return {"video_frames": d.frames, "video_size": d.crop, "audio_seconds": d.clip_seconds,
-            "audio_rate": d.audio_rate, "max_words": d.text_len,
-            "num_candidates": d.candidates, "vocab_size": vocab_size,
-            "grad_checkpointing": cfg.grad_checkpointing}
-
-
-def build_model(cfg: DictConfig, vocab_size: int | None = None) -> torch.nn.Module:
-    """The model named by ``cfg.model.preset``.
-
-    A preset name goes to ``gradharmony.models.create_model`` with the input sizes of
-    ``cfg.data`` (:func:`model_overrides`); ``"package.module:function"`` calls that function
-    instead (your own model, following the model output contract of docs/architecture.md).
-    ``cfg.model.kwargs`` are passed in both cases and win over the data-derived sizes.
-
-    Example:
-        >>> from gradharmony.train.config import load_config
-        >>> cfg = load_config(overrides=["data.kind=random", "model.preset=torch.nn:Identity"])
-        >>> type(build_model(cfg)).__name__
-        'Identity'
-    """
-    kwargs = dict(OmegaConf.to_container(cfg.model.kwargs, resolve=True))
-    preset = cfg.model.preset
-    if ":" in preset:
-        module, func = preset.split(":", 1)
-        factory = getattr(importlib.import_module(module), func)
-        return factory(modality_agnostic=cfg.model.modality_agnostic, **kwargs)
-    from gradharmony.models import create_model
-
-    sizes = model_overrides(cfg, vocab_size or cfg.data.vocab_size)
-    return create_model(preset, modality_agnostic=cfg.model.modality_agnostic,
-                        **{**sizes, **kwargs})
 
 
 def build_batches(cfg: DictConfig, ctx: DistContext, vocab: Path | None = None):
@@ -95,6 +55,5 @@ def resolve_model_kwargs(cfg: DictConfig, vocab_size: int | None) -> DictConfig:
     out = copy.deepcopy(cfg)
     if ":" not in cfg.model.preset:
         kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
-        out.model.kwargs = {**model_overrides(cfg, vocab_size or cfg.data.vocab_size),
-                            **kwargs}
+        out.model.kwargs = {**model_sizes(cfg, vocab_size), **kwargs}
     return out

@@ -288,6 +288,19 @@ def validate(cfg: DictConfig, world_size: int = 1) -> None:
             need(len(found) > 0, f"{key}.shards", f"no shard files match {src.shards!r}")
         if d.vocab is not None:
             need(Path(d.vocab).is_file(), "data.vocab", f"file {d.vocab!r} does not exist")
+        _check_clip(cfg)
+
+
+def _check_clip(cfg: DictConfig) -> None:
+    """The clip geometry the reader will decode (:class:`~gradharmony.data.clip.ClipSpec`)."""
+    from gradharmony.data.clip import ClipSpec
+
+    try:
+        ClipSpec.from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(f"data: {err} (keys data.frames, data.fps, data.size, data.crop, "
+                          "data.audio_rate, data.clip_seconds, data.text_len, "
+                          "data.candidates)") from None
 
 
 def run_path(cfg: DictConfig) -> Path:

@@ -42,13 +42,9 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from gradharmony.evaluate.run import build_model
 from gradharmony.train.batches import to_device
-from gradharmony.train.build import (
-    build_batches,
-    build_model,
-    model_overrides,
-    resolve_model_kwargs,
-)
+from gradharmony.train.build import build_batches, resolve_model_kwargs
 from gradharmony.train.checkpoint import latest_checkpoint, load_checkpoint
 from gradharmony.train.config import ConfigError, run_path, validate
 from gradharmony.train.distributed import DistContext, setup
@@ -64,7 +60,7 @@ from gradharmony.train.step import (
 )
 
 __all__ = ["EMBEDDINGS", "NonFiniteError", "build_batches", "build_model", "cma_losses",
-           "model_overrides", "per_triplet_losses", "pretrain", "resolve_model_kwargs"]
+           "per_triplet_losses", "pretrain", "resolve_model_kwargs"]
 
 
 class NonFiniteError(RuntimeError):

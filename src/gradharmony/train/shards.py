@@ -14,8 +14,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gradharmony.evaluate.run import clip_spec
-
 
 def shard_pattern(shards: str) -> str:
     """A directory means its ``*.tar`` files; anything else is a glob or brace pattern, or
@@ -50,17 +48,16 @@ class ShardBatches:
     """
 
     def __init__(self, cfg: DictConfig, rank: int, world_size: int, vocab: str | Path | None):
-        from gradharmony.data import ShardSet, make_loader
+        from gradharmony.data import ClipSpec, ShardSet, make_loader
 
         d = cfg.data
         sets = [ShardSet(shard_pattern(s.shards), weight=s.weight, text=s.has_text,
                          name=f"mixture[{i}]")
                 for i, s in enumerate(d.mixture)]
         self.loader = make_loader(
-            sets, clip_spec(cfg), str(vocab) if vocab is not None else None,
-            batch_size=cfg.batch_size // world_size, k=d.candidates, text_length=d.text_len,
-            train=True, seed=cfg.seed, rank=rank, world_size=world_size,
-            num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
+            sets, ClipSpec.from_config(cfg), str(vocab) if vocab is not None else None,
+            batch_size=cfg.batch_size // world_size, train=True, seed=cfg.seed, rank=rank,
+            world_size=world_size, num_workers=d.num_workers, shuffle_buffer=d.shuffle_buffer,
             cache_dir=d.cache_dir, retries=d.retries, retry_backoff=d.retry_backoff)
         self._skipped: Counter = Counter()
 

@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from gradharmony.evaluate.run import build_model
 from gradharmony.harmonize import Harmonizer
-from gradharmony.train.build import build_batches, build_model
+from gradharmony.train.build import build_batches
 from gradharmony.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from gradharmony.train.config import ConfigError, parse_granularity, run_path
 from gradharmony.train.distributed import DistContext

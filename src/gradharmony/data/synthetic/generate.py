@@ -22,7 +22,7 @@ Example:
     >>> import json, tempfile
     >>> with tempfile.TemporaryDirectory() as d:
     ...     info = generate(d, seed=0, clips=6, retrieval=2, probe=(2, 2), av=(2, 2), workers=0,
-    ...                     size=ClipSize(frames=2, size=16, sample_rate=8000), progress=False)
+    ...                     size=ClipSize(frames=2, size=16, audio_rate=8000), progress=False)
     ...     sorted(info["splits"])
     ['action', 'av', 'retrieval', 'sound', 'train']
 """
@@ -65,7 +65,7 @@ def render_planned_clip(clip: dict, size: ClipSize) -> tuple[np.ndarray, np.ndar
 
     Example:
         >>> from gradharmony.data.synthetic.plan import plan_split
-        >>> s = ClipSize(frames=2, size=16, sample_rate=8000)
+        >>> s = ClipSize(frames=2, size=16, audio_rate=8000)
         >>> clip = plan_split("train", 2, seed=0, size=s)[0]
         >>> [a.shape for a in render_planned_clip(clip, s)]
         [(2, 16, 16, 3), (2000,)]
@@ -77,12 +77,12 @@ def render_planned_clip(clip: dict, size: ClipSize) -> tuple[np.ndarray, np.ndar
                          brightness=r["brightness"])
     kind = clip["audio_noise"]
     if kind == "aligned":
-        source = event_sound(event, size.sample_rate, size.n_samples, rng)
+        source = event_sound(event, size.audio_rate, size.audio_samples, rng)
     elif kind in ("unrelated_audio", "unrelated"):  # "unrelated": plans of version 1
-        source = event_sound(Event.from_dict(clip["audio_event"]), size.sample_rate,
-                             size.n_samples, rng)
+        source = event_sound(Event.from_dict(clip["audio_event"]), size.audio_rate,
+                             size.audio_samples, rng)
     elif kind == "music":
-        source = music(rng, size.sample_rate, size.n_samples)
+        source = music(rng, size.audio_rate, size.audio_samples)
     else:
         raise ValueError(f"clip {clip.get('__key__')}: unknown audio_noise {kind!r}")
     return frames, clip_audio(source, rng, r["noise_level"])
@@ -91,7 +91,7 @@ def render_planned_clip(clip: dict, size: ClipSize) -> tuple[np.ndarray, np.ndar
 def _encode_planned(task: tuple[dict, ClipSize]) -> bytes:
     clip, size = task
     frames, audio = render_planned_clip(clip, size)
-    return encode_mp4(frames, size.fps, audio, size.sample_rate)
+    return encode_mp4(frames, size.fps, audio, size.audio_rate)
 
 
 def _encode_av(task: tuple[int, int, AVClassConfig]) -> tuple[bytes, dict]:
@@ -199,7 +199,7 @@ def generate(
     _check_counts(clips, retrieval, probe, av, clips_per_shard)
     if av_config is None:
         av_config = AVClassConfig(frames=size.frames, fps=size.fps, size=size.size,
-                                  sample_rate=size.sample_rate)
+                                  sample_rate=size.audio_rate)
     out = Path(out_dir)
     _prepare(out, overwrite)
     t0 = time.perf_counter()
@@ -212,8 +212,10 @@ def generate(
         "generator": "gradharmony.data.synthetic",
         "version": VERSION,
         "seed": int(seed),
-        "sizes": {**asdict(size), "seconds": size.duration, "audio_samples": size.n_samples,
-                  "max_words": max_words, "segments_per_video": list(segments)},
+        "sizes": {"frames": size.frames, "fps": size.fps, "size": size.size,
+                  "sample_rate": size.audio_rate, "seconds": size.clip_seconds,
+                  "audio_samples": size.audio_samples, "max_words": max_words,
+                  "segments_per_video": list(segments)},
         "noise": {**asdict(noise), "kind_rates": noise.kind_rates()},
         "vocabulary": {"shapes": list(SHAPES), "colours": list(COLOURS),
                        "motions": list(MOTIONS), "timbres": _timbres()},

@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gradharmony.data.clip import ClipSpec
+
 from .events import COLOURS, MOTIONS, SHAPE_TIMBRE, SHAPES, Event, sample_event
 from .narration import MAX_WORDS, describe, off_topic
 from .render import sample_scene
@@ -72,13 +74,19 @@ SPLIT_STREAMS: dict[str, int] = {"train": 1, "retrieval": 2, "probe_train": 3, "
 
 @dataclass(frozen=True)
 class ClipSize:
-    """Clip sizes: ``frames`` frames of ``size`` x ``size`` at ``fps``; audio at ``sample_rate``
-    for the same duration ``frames / fps``."""
+    """Sizes of the rendered clips: ``frames`` frames of ``size`` x ``size`` at ``fps``; audio
+    at ``audio_rate`` for the same ``clip_seconds = frames / fps`` (the quantities carry the
+    names of :class:`~gradharmony.data.clip.ClipSpec`; :meth:`read_spec` reads a clip back).
+
+    Example:
+        >>> ClipSize(frames=4, fps=8.0, size=16, audio_rate=8000).read_spec().audio_samples
+        4000
+    """
 
     frames: int = 16
     fps: float = 8.0
     size: int = 64
-    sample_rate: int = 16000
+    audio_rate: int = 16000
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -87,16 +95,22 @@ class ClipSize:
             raise ValueError(f"fps: expected > 0, got {self.fps}")
         if self.size < 8 or self.size % 2:
             raise ValueError(f"size: expected an even number of pixels >= 8, got {self.size}")
-        if self.sample_rate < 1000:
-            raise ValueError(f"sample_rate: expected >= 1000 Hz, got {self.sample_rate}")
+        if self.audio_rate < 1000:
+            raise ValueError(f"audio_rate: expected >= 1000 Hz, got {self.audio_rate}")
 
     @property
-    def duration(self) -> float:
+    def clip_seconds(self) -> float:
         return self.frames / self.fps
 
     @property
-    def n_samples(self) -> int:
-        return int(round(self.duration * self.sample_rate))
+    def audio_samples(self) -> int:
+        return int(round(self.clip_seconds * self.audio_rate))
+
+    def read_spec(self) -> ClipSpec:
+        """The :class:`~gradharmony.data.clip.ClipSpec` that decodes these clips whole: every
+        frame, uncropped, all of the audio."""
+        return ClipSpec(frames=self.frames, fps=self.fps, size=self.size, crop=self.size,
+                        audio_rate=self.audio_rate, clip_seconds=self.clip_seconds)
 
 
 TEXT_KINDS: tuple[str, ...] = ("aligned", "same_object_shift", "other_object_shift", "off_topic")
@@ -425,7 +439,7 @@ def plan_split(
     if stream is None:
         stream = SPLIT_STREAMS.get(split, sum(ord(ch) * 131**i for i, ch in enumerate(split)))
     rng = np.random.default_rng([int(seed), int(stream)])
-    duration = size.duration
+    duration = size.clip_seconds
     videos = _plan_videos(rng, n_clips, lo, hi, duration)
 
     # misalignment, assigned with exact counts
