@@ -39,13 +39,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gradharmony._dist import multi_rank
+
 __all__ = ["gather_with_grad", "local_rows", "mil_nce", "nce"]
 
 _DIRECTIONS = ("both", "v2t", "t2v")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _gather_sizes(n: int, device: torch.device) -> list[int]:
@@ -65,7 +63,7 @@ def local_rows(n_local: int, device: torch.device | None = None) -> slice:
         >>> local_rows(8)
         slice(0, 8, None)
     """
-    if not _distributed():
+    if not multi_rank():
         return slice(0, n_local)
     sizes = _gather_sizes(n_local, device or torch.device("cpu"))
     start = sum(sizes[: dist.get_rank()])
@@ -85,7 +83,7 @@ def gather_with_grad(z: torch.Tensor) -> torch.Tensor:
         >>> gather_with_grad(z) is z
         True
     """
-    if not _distributed():
+    if not multi_rank():
         return z
     rank, world = dist.get_rank(), dist.get_world_size()
     sizes = _gather_sizes(z.shape[0], z.device)

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 from torch.utils._pytree import tree_leaves, tree_map
 
+from gradharmony._dist import multi_rank
+
 from . import _attention  # noqa: F401  (registers the attention rule)
 from ._backward import OutputGradients, _broadcasts, _reach
 from ._functional import gram_cosine
@@ -67,9 +69,7 @@ class HarmonizeStats:
 def _dist():
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
+    return dist if multi_rank() else None
 
 
 def _all_reduce_tensors(tensors: list[Tensor]) -> list[Tensor]:

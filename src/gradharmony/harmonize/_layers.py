@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge
 
+from gradharmony._dist import multi_rank
+
 from ._rules import register_rule
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -67,7 +69,7 @@ def batchnorm_stats(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         xf = x.detach().float()
         count = torch.tensor(float(xf.numel() // xf.shape[1]), device=xf.device)
         total, sq = xf.sum(dims), (xf * xf).sum(dims)
-        if isinstance(module, nn.SyncBatchNorm) and _dist_ready():
+        if isinstance(module, nn.SyncBatchNorm) and multi_rank():
             import torch.distributed as dist
 
             packed = torch.cat([total, sq, count.view(1)])
@@ -76,12 +78,6 @@ def batchnorm_stats(module: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         mean = total / count
         var = (sq / count - mean * mean).clamp_min(0.0)
     return mean, torch.rsqrt(var + module.eps)
-
-
-def _dist_ready() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _conv_patches(module: nn.Module, x: Tensor) -> Tensor:

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from gradharmony._dist import multi_rank
+
 from ._functional import gram_cosine
 
 METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
@@ -36,7 +38,7 @@ def _dist_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
     target moves by the statistics of the global batch."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not multi_rank():
         return tensors
     flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
