@@ -84,6 +84,13 @@ def test_bold_marks_only_differences_whose_interval_excludes_zero():
     assert gr_line.count("**") == 2 * 6  # R@1/5/10 both ways move with R@10; MedR/probes not
 
 
+def test_identical_per_seed_differences_are_never_bold():
+    # 9.2 - 9.0, 11.2 - 11.0 and 10.2 - 10.0 differ in their last bits only
+    same = diff(by_name(_records(gr_gain=(0.2, 0.2, 0.2))), "gr", "V→T R@10")
+    assert same["low"] == pytest.approx(same["high"]) and same["sign"] == 0
+    assert "**" not in diff_cell(same)
+
+
 def test_verdicts_from_the_numbers_and_with_missing_runs():
     expected = {"table1": [f"{m}-s{s}" for s in (0, 1, 2)
                            for m in ("baseline", "gr", "cl", "both")]}

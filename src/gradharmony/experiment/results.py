@@ -245,7 +245,9 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
           "the baseline is paired by seed (the same seed in both rows), shown as the mean "
           "difference and its 95 % Student-t interval over seeds (t quantile with n − 1 "
           "degrees of freedom). It is **bold** only where the interval excludes 0, i.e. "
-          "where the difference exceeds the seed-to-seed spread of the differences. "
+          "where the difference exceeds the seed-to-seed spread of the differences; an "
+          "interval of zero width (every seed moved by the same amount) measures no spread "
+          "and is never bold. "
           "Retrieval is on the clean retrieval split of the noisy data folder for every run "
           "(the same videos); R@10 and MedR in the summary tables are the means of both "
           "directions.", "",

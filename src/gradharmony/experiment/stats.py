@@ -67,14 +67,19 @@ def paired_interval(a, b) -> tuple[float, float]:
 
 
 def excludes_zero(interval: tuple[float, float]) -> int:
-    """``+1`` when the interval lies above 0, ``-1`` below 0, ``0`` when it holds 0 (or is
-    undefined).
+    """``+1`` when the interval lies above 0, ``-1`` below 0, ``0`` when it holds 0 or is
+    undefined: NaN, or of zero width (identical per-seed differences, as a rank metric on a
+    few hundred clips gives; no spread was measured, so it cannot be exceeded).
 
     Example:
         >>> excludes_zero((0.5, 2.0)), excludes_zero((-1.0, 1.0)), excludes_zero((-2, -1))
         (1, 0, -1)
+        >>> excludes_zero((0.2, 0.2))
+        0
     """
     lo, hi = interval
+    if not hi - lo > 1e-9 * max(1.0, abs(lo), abs(hi)):  # zero width up to rounding
+        return 0
     if lo > 0:
         return 1
     if hi < 0:
