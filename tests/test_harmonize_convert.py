@@ -52,13 +52,16 @@ def _packed(mha, converted_grads, converted):
                        converted_grads))  # fmt: skip
     out = {"out_proj.weight": by_name["out_proj.weight"]}
     if mha.in_proj_bias is not None:
-        out["in_proj_bias"] = torch.cat([by_name[f"{p}_proj.bias"] for p in "qkv"])
         out["out_proj.bias"] = by_name["out_proj.bias"]
     if mha._qkv_same_embed_dim:
-        out["in_proj_weight"] = torch.cat([by_name[f"{p}_proj.weight"] for p in "qkv"])
+        out["in_proj_weight"] = by_name["in_proj.weight"]
+        if mha.in_proj_bias is not None:
+            out["in_proj_bias"] = by_name["in_proj.bias"]
     else:
         for p in "qkv":
             out[f"{p}_proj_weight"] = by_name[f"{p}_proj.weight"]
+        if mha.in_proj_bias is not None:
+            out["in_proj_bias"] = torch.cat([by_name[f"{p}_proj.bias"] for p in "qkv"])
     return [out[n] for n, _ in sorted(mha.named_parameters())]
 
 
@@ -103,6 +106,23 @@ def test_cross_attention_with_other_key_and_value_widths(bias):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("shared", ["key_is_value", "all_distinct"])
+def test_cross_attention_of_equal_widths_takes_the_needed_columns(batch_first, shared):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(E, H, batch_first=batch_first)
+    converted = LinearMultiheadAttention.from_module(mha)
+    q, k, v = _inputs(batch_first)
+    qkv = (q, k, k) if shared == "key_is_value" else (q, k, v)
+    want_out, want_w = mha(*qkv, **_masks("2d_float"))
+    got_out, got_w = converted(*qkv, **_masks("2d_float"))
+    torch.testing.assert_close(got_out, want_out, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(got_w, want_w, atol=1e-6, rtol=1e-6)
+    got, want = _grads(converted, qkv, got_out), _grads(mha, qkv, want_out)
+    for a, b in zip(list(got[:3]) + _packed(mha, got[3:], converted), want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_unbatched_input_and_is_causal_with_its_mask():
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(E, H)
@@ -137,12 +157,17 @@ def test_conversion_copies_state_and_keeps_shared_modules_shared():
     assert isinstance(model.a, LinearMultiheadAttention) and model.b is model.a
     assert not model.a.training
     frozen = sorted(n for n, p in model.a.named_parameters() if not p.requires_grad)
-    assert frozen == ["k_proj.weight", "q_proj.weight", "v_proj.weight"]
+    assert frozen == ["in_proj.weight"]
     fresh = LinearMultiheadAttention(E, H)
     fresh.load_state_dict(state)  # an nn.MultiheadAttention state_dict loads
     for (name, p), (_, q) in zip(fresh.state_dict().items(), model.a.state_dict().items()):
         assert torch.equal(p, q), name
-    torch.testing.assert_close(model.a.q_proj.weight, state["in_proj_weight"][:E])
+    torch.testing.assert_close(model.a.in_proj.weight, state["in_proj_weight"])
+    separate = nn.MultiheadAttention(E, H, kdim=3, vdim=3)
+    split = LinearMultiheadAttention(E, H, kdim=3, vdim=3)
+    split.load_state_dict(separate.state_dict())
+    torch.testing.assert_close(split.v_proj.bias, separate.in_proj_bias[2 * E :])
+    torch.testing.assert_close(split.k_proj.weight, separate.k_proj_weight)
     assert isinstance(convert_multihead_attention(nn.MultiheadAttention(E, H)),
                       LinearMultiheadAttention)  # fmt: skip
 
@@ -165,13 +190,17 @@ def test_bad_configurations_raise_naming_the_module_or_argument():
 class Attention(nn.Module):
     """Self-attention with a causal mask and key padding, batch first or not."""
 
-    def __init__(self, batch_first, dim=8):
+    def __init__(self, batch_first, dim=8, cross=False):
         super().__init__()
-        self.batch_first = batch_first
+        self.batch_first, self.cross = batch_first, cross
+        self.ctx = nn.Linear(dim, dim)  # cross attention: key and value from this layer
         self.attn = nn.MultiheadAttention(dim, 2, batch_first=batch_first)
         self.head = nn.Linear(dim, 3)
 
     def forward(self, x):
+        if self.cross:
+            h = self.attn(x, self.ctx(x), self.ctx(x), need_weights=False)[0]
+            return self.head(h.mean(1))
         t = x.shape[1]
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
         pad = torch.zeros(x.shape[0], t, dtype=torch.bool)
@@ -182,10 +211,11 @@ class Attention(nn.Module):
         return self.head(h.mean(1))
 
 
-@pytest.mark.parametrize("batch_first", [True, False])
-def test_harmonizer_on_converted_attention_matches_the_oracle(batch_first):
+@pytest.mark.parametrize("batch_first,cross", [(True, False), (False, False), (True, True)])
+def test_harmonizer_on_converted_attention_matches_the_oracle(batch_first, cross):
+    """cross: in_proj called on the query and on the key (two calls, sliced outputs)."""
     torch.manual_seed(0)
-    model = convert_multihead_attention(Attention(batch_first))
+    model = convert_multihead_attention(Attention(batch_first, cross=cross))
     x, target = torch.randn(4, 5, 8), torch.randn(4, 3)
 
     def losses(y):

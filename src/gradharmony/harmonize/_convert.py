@@ -2,10 +2,9 @@
 
 ``nn.MultiheadAttention`` applies its projections through a functional call, which no layer
 hook sees: the Harmonizer then recomputes each attention call once and takes one backward
-of it per loss. :class:`LinearMultiheadAttention` computes the same function with
-``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` as ``nn.Linear`` modules (as Opacus's
-``DPMultiheadAttention`` does), whose per-group gradients come from the recorded inputs and
-output gradients with nothing recomputed.
+of it per loss. :class:`LinearMultiheadAttention` computes the same function with its
+projections as ``nn.Linear`` modules (as Opacus's ``DPMultiheadAttention`` does), whose
+per-group gradients come from the recorded inputs and output gradients, nothing recomputed.
 """
 
 from __future__ import annotations
@@ -20,11 +19,14 @@ _PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
 class LinearMultiheadAttention(nn.Module):
     """``nn.MultiheadAttention``'s forward (same arguments, same outputs) on ``nn.Linear``
-    projections ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj``.
+    projections: ``in_proj`` (query, key and value stacked, as ``in_proj_weight``) when key
+    and value have the query's width, else ``q_proj``, ``k_proj``, ``v_proj``; and
+    ``out_proj``.
 
-    Its state_dict names the projections ``q_proj.weight``, ``k_proj.bias``, ...; a
-    state_dict of an ``nn.MultiheadAttention`` (``in_proj_weight``/``in_proj_bias`` or
-    ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``) loads into it too. ``add_bias_kv``
+    Its state_dict names the projections ``in_proj.weight``, ``in_proj.bias`` (or
+    ``q_proj.weight``, ...); a state_dict of an ``nn.MultiheadAttention`` loads into it too.
+    Self-attention (``query is key is value``) projects once; other calls of ``in_proj``
+    keep the columns they need. ``add_bias_kv``
     and ``add_zero_attn`` are not supported.
 
     Example:
@@ -49,9 +51,12 @@ class LinearMultiheadAttention(nn.Module):
         self.head_dim = embed_dim // num_heads
         self.dropout, self.batch_first = dropout, batch_first
         kw = dict(bias=bias, device=device, dtype=dtype)
-        self.q_proj = nn.Linear(embed_dim, embed_dim, **kw)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, **kw)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, **kw)
+        if self.kdim == self.vdim == embed_dim:
+            self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, **kw)
+        else:
+            self.q_proj = nn.Linear(embed_dim, embed_dim, **kw)
+            self.k_proj = nn.Linear(self.kdim, embed_dim, **kw)
+            self.v_proj = nn.Linear(self.vdim, embed_dim, **kw)
         self.out_proj = nn.Linear(embed_dim, embed_dim, **kw)
         self.register_load_state_dict_pre_hook(_split_in_proj)
 
@@ -75,7 +80,8 @@ class LinearMultiheadAttention(nn.Module):
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         if is_causal and attn_mask is None:
             raise ValueError("is_causal=True needs attn_mask (as in nn.MultiheadAttention)")
-        unbatched = query.dim() == 2
+        unbatched, kv_same = query.dim() == 2, key is value
+        same = query is key and kv_same
         if unbatched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
             if key_padding_mask is not None:
@@ -85,9 +91,8 @@ class LinearMultiheadAttention(nn.Module):
         elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, length, source = query.shape[0], query.shape[1], key.shape[1]
-        q, k, v = (proj(x).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
-                   for proj, x in ((self.q_proj, query), (self.k_proj, key),
-                                   (self.v_proj, value)))  # fmt: skip
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+                   for t in self._project(query, key, value, same, kv_same))  # fmt: skip
         mask = _mask(attn_mask, key_padding_mask, n, self.num_heads, length, source, q.dtype)
         p = self.dropout if self.training else 0.0
         weights = None
@@ -103,6 +108,17 @@ class LinearMultiheadAttention(nn.Module):
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
         return (out if self.batch_first else out.transpose(0, 1)), weights
 
+    def _project(self, query, key, value, same: bool, kv_same: bool) -> tuple:
+        if not hasattr(self, "in_proj"):
+            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        if same:
+            return self.in_proj(query).chunk(3, -1)
+        e = self.embed_dim
+        q = self.in_proj(query)[..., :e]
+        if kv_same:
+            return q, *self.in_proj(key)[..., e:].chunk(2, -1)
+        return q, self.in_proj(key)[..., e : 2 * e], self.in_proj(value)[..., 2 * e :]
+
 
 def convert_multihead_attention(model: nn.Module) -> nn.Module:
     """Replace every ``nn.MultiheadAttention`` in ``model`` by an equal
@@ -111,8 +127,8 @@ def convert_multihead_attention(model: nn.Module) -> nn.Module:
 
     The Harmonizer's Linear rule then covers the attention projections with nothing
     recomputed. Convert before building the optimizer: the projections are new parameters,
-    named ``...attn.q_proj.weight`` etc. instead of ``...attn.in_proj_weight`` (old
-    state_dicts still load). Subclasses of ``nn.MultiheadAttention`` are left as they are.
+    named ``...attn.in_proj.weight`` instead of ``...attn.in_proj_weight`` (old state_dicts
+    still load). Subclasses of ``nn.MultiheadAttention`` are left as they are.
 
     Example:
         >>> import torch
@@ -121,7 +137,7 @@ def convert_multihead_attention(model: nn.Module) -> nn.Module:
         >>> model.attn = nn.MultiheadAttention(8, 2)
         >>> model = convert_multihead_attention(model)
         >>> type(model.attn).__name__, [n for n, _ in model.attn.named_children()]
-        ('LinearMultiheadAttention', ['q_proj', 'k_proj', 'v_proj', 'out_proj'])
+        ('LinearMultiheadAttention', ['in_proj', 'out_proj'])
     """
     if type(model) is nn.MultiheadAttention:
         return LinearMultiheadAttention.from_module(model)
@@ -144,23 +160,22 @@ def _source(mha: nn.MultiheadAttention, name: str) -> Tensor:
     """The parameter of ``mha`` that ``name`` of the converted module is cut from."""
     if name.startswith("out_proj"):
         return mha.get_parameter(name)
-    kind = name.split(".")[1]
-    if kind == "bias":
-        return mha.in_proj_bias
-    return mha.in_proj_weight if mha._qkv_same_embed_dim else mha.get_parameter(
-        f"{name.split('.')[0]}_weight")
+    return mha.in_proj_bias if name.endswith("bias") else mha.get_parameter(
+        name.replace(".", "_"))
 
 
 def _split_in_proj(module, state_dict, prefix, *args) -> None:
-    """Load ``nn.MultiheadAttention`` names: cut ``in_proj_weight/bias`` into q, k, v."""
-    for kind in ("weight", "bias"):
-        packed = state_dict.pop(f"{prefix}in_proj_{kind}", None)
-        if packed is not None:
-            if kind == "weight" and not module.kdim == module.vdim == module.embed_dim:
-                raise ValueError("in_proj_weight needs kdim == vdim == embed_dim")
-            for proj, part in zip(_PROJECTIONS, packed.chunk(3)):
-                state_dict[f"{prefix}{proj}.{kind}"] = part
-    for proj in _PROJECTIONS:
-        separate = state_dict.pop(f"{prefix}{proj}_weight", None)
-        if separate is not None:
-            state_dict[f"{prefix}{proj}.weight"] = separate
+    """Load ``nn.MultiheadAttention`` names: ``in_proj_weight`` is ``in_proj.weight`` (or
+    ``q_proj_weight`` ... are ``q_proj.weight`` ...); ``in_proj_bias`` is cut in three when
+    the projections are separate."""
+    fused = hasattr(module, "in_proj")
+    for name in ("in_proj_weight", "in_proj_bias", *(f"{p}_weight" for p in _PROJECTIONS)):
+        value = state_dict.pop(prefix + name, None)
+        if value is None:
+            continue
+        if fused or name != "in_proj_bias":
+            dotted = name.replace("_weight", ".weight").replace("_bias", ".bias")
+            state_dict[prefix + dotted] = value
+        else:
+            for proj, part in zip(_PROJECTIONS, value.chunk(3)):
+                state_dict[f"{prefix}{proj}.bias"] = part
