@@ -129,18 +129,28 @@ def test_unbatched_input_and_is_causal_with_its_mask():
     converted = LinearMultiheadAttention.from_module(mha)
     x = torch.randn(L, E)
     causal = torch.triu(torch.ones(L, L, dtype=torch.bool), 1)
-    for kwargs in ({}, {"attn_mask": causal, "is_causal": True}):
+    wrong = torch.zeros(L, L)  # with is_causal and no weights asked, replaced by causal
+    for kwargs in ({}, {"attn_mask": causal, "is_causal": True},
+                   {"attn_mask": wrong, "is_causal": True, "need_weights": False}):
         for want, got in zip(mha(x, x, x, **kwargs), converted(x, x, x, **kwargs)):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
-def test_dropout_is_applied_in_training_only():
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_dropout_draws_what_the_original_draws_in_training_only(need_weights):
     mha = nn.MultiheadAttention(E, H, dropout=0.5, batch_first=True)
     converted = LinearMultiheadAttention.from_module(mha)
     x = torch.randn(N, L, E)
     assert converted.training and converted.dropout == 0.5
     a, b = converted(x, x, x)[0], converted(x, x, x)[0]
     assert not torch.allclose(a, b)
+    results = []
+    for module in (converted, mha):  # same seed: the same dropped weights
+        torch.manual_seed(5)
+        results.append(module(x, x, x, need_weights=need_weights))
+    for got, want in zip(*results):
+        if want is not None:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     converted.eval()
     torch.testing.assert_close(converted(x, x, x)[0], mha.eval()(x, x, x)[0], atol=1e-6,
                                rtol=1e-6)  # fmt: skip

@@ -93,16 +93,21 @@ class LinearMultiheadAttention(nn.Module):
         n, length, source = query.shape[0], query.shape[1], key.shape[1]
         q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
                    for t in self._project(query, key, value, same, kv_same))  # fmt: skip
-        mask = _mask(attn_mask, key_padding_mask, n, self.num_heads, length, source, q.dtype)
         p = self.dropout if self.training else 0.0
+        causal = is_causal and key_padding_mask is None and not need_weights
+        if causal:  # as nn.MultiheadAttention: the mask is replaced by the causal hint
+            attn_mask = None
+        mask = _mask(attn_mask, key_padding_mask, n, self.num_heads, length, source, q.dtype)
         weights = None
         if need_weights:
             scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
             weights = (scores if mask is None else scores + mask).softmax(-1)
-            o = (F.dropout(weights, p) if p > 0 else weights) @ v
+            weights = F.dropout(weights, p) if p > 0 else weights
+            o = weights @ v
             weights = weights.mean(1) if average_attn_weights else weights
         else:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                               is_causal=causal)  # fmt: skip
         out = self.out_proj(o.transpose(1, 2).reshape(n, length, self.embed_dim))
         if unbatched:
             return out.squeeze(0), None if weights is None else weights.squeeze(0)
