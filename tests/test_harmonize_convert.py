@@ -262,4 +262,4 @@ def test_converted_open_clip_equals_the_original_and_matches_the_oracle():
     assert not any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
     for a, b in zip(run(), want):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-    check_model(model, run, losses, batch=8, granularities=("sample",), check=True)
+    check_model(model, run, losses, batch=8, granularities=("sample", 4, "batch"), check=True)

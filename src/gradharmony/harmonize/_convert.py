@@ -26,8 +26,7 @@ class LinearMultiheadAttention(nn.Module):
     Its state_dict names the projections ``in_proj.weight``, ``in_proj.bias`` (or
     ``q_proj.weight``, ...); a state_dict of an ``nn.MultiheadAttention`` loads into it too.
     Self-attention (``query is key is value``) projects once; other calls of ``in_proj``
-    keep the columns they need. ``add_bias_kv``
-    and ``add_zero_attn`` are not supported.
+    keep the columns they need. ``add_bias_kv`` and ``add_zero_attn`` are not supported.
 
     Example:
         >>> import torch
