@@ -4,6 +4,8 @@ The model is open_clip's ViT-B/32 CLIP shape narrowed to fit a CPU (vision: 224x
 32x32 patches, 4 layers of width 192; text: 77 tokens, 4 layers of width 128; embeddings
 of 128), random weights. The step trains the CLIP contrastive loss (learned logit_scale)
 plus a SLIP-style image self-supervised loss between two views of the images, batch 32.
+The "converted" rows run the same model after ``convert_multihead_attention`` (attention
+projections as ``nn.Linear``; same outputs), against the unconverted plain step.
 Timings are interleaved repetitions in one process (best of them); memory is the peak
 resident-set increase of one step in a fresh process (RSS polled every 2 ms), also with
 glibc returning every freed block over 128 KiB at once ("live": the bytes actually alive).
@@ -27,15 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gradharmony.harmonize import Harmonizer
+from gradharmony.harmonize import Harmonizer, convert_multihead_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from library_models import import_library  # noqa: E402
 
-CONFIGS = [("plain", None), ("both", "sample"), ("both", "batch")]
+#: (method, granularity, attention converted to nn.Linear projections)
+CONFIGS = [("plain", None, False), ("both", "sample", False), ("both", "batch", False),
+           ("plain", None, True), ("both", "sample", True), ("both", "batch", True)]
 
 
-def setup(args):
+def setup(args, converted: bool = False):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     open_clip = import_library("open_clip")
@@ -44,6 +48,8 @@ def setup(args):
         vision_cfg=dict(layers=4, width=192, head_width=64, patch_size=32, image_size=224),
         text_cfg=dict(context_length=77, vocab_size=49408, width=128, heads=2, layers=4),
     ).train()
+    if converted:
+        convert_multihead_attention(model)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, 224, 224, generator=g)
     text = torch.randint(1, 49408, (args.batch, 77), generator=g)
@@ -91,8 +97,8 @@ def _rss_mib() -> float:
 
 def measure_memory(args) -> None:
     """Child process: print the peak RSS increase (MiB) of one step of one configuration."""
-    model, batch = setup(args)
-    method, gran = args.memory
+    method, gran, converted = args.memory
+    model, batch = setup(args, converted == "True")
     step = make_step(model, method, None if gran == "None" else gran)
     before = _rss_mib()
     peak, done = [before], threading.Event()
@@ -110,9 +116,9 @@ def measure_memory(args) -> None:
     print(json.dumps({"peak_mib": max(peak[0], _rss_mib()) - before}))
 
 
-def memory_of(args, method, gran, live: bool = False) -> float:
+def memory_of(args, method, gran, converted, live: bool = False) -> float:
     cmd = [sys.executable, __file__, "--batch", str(args.batch), "--threads", str(args.threads),
-           "--memory", method, str(gran)]  # fmt: skip
+           "--memory", method, str(gran), str(converted)]  # fmt: skip
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072") if live else None
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
@@ -128,13 +134,15 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--memory", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory:
         measure_memory(args)
         return 0
-    model, batch = setup(args)
-    steps = {c: make_step(model, *c) for c in CONFIGS}
+    models = {}
+    for converted in (False, True):
+        models[converted], batch = setup(args, converted)
+    steps = {c: make_step(models[c[2]], *c[:2]) for c in CONFIGS}
     times: dict = {c: [] for c in CONFIGS}
     for c in CONFIGS:  # warm-up
         steps[c](batch)
@@ -145,18 +153,20 @@ def main(argv=None) -> int:
             times[c].append(time.perf_counter() - t0)
     plain = min(times[CONFIGS[0]])
     for c in CONFIGS:
-        print(f"{c}: {min(times[c]) / plain:.2f}x time", file=sys.stderr)
+        print(f"{c}: {min(times[c]) / plain:.2f}x time (median "
+              f"{sorted(times[c])[len(times[c]) // 2] / plain:.2f}x)", file=sys.stderr)
     mem, live = {}, {}
     if not args.no_memory:
         for c in CONFIGS:
             mem[c], live[c] = memory_of(args, *c), memory_of(args, *c, live=True)
     print(f"open_clip CLIP (ViT-B/32 shape, narrowed), batch {args.batch}, {args.threads} "
           f"threads, plain step {plain:.3f} s (best of {args.reps})\n")  # fmt: skip
-    print("| method | granularity | time / plain | peak RSS / plain | peak live / plain |")
-    print("|---|---|---|---|---|")
+    print("| attention | method | granularity | time / plain | peak RSS / plain "
+          "| peak live / plain |\n|---|---|---|---|---|---|")  # fmt: skip
     for c in CONFIGS:
-        print(f"| {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x | {_ratio(mem, c)} "
-              f"| {_ratio(live, c)} |")  # fmt: skip
+        kind = "converted" if c[2] else "nn.MultiheadAttention"
+        print(f"| {kind} | {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x "
+              f"| {_ratio(mem, c)} | {_ratio(live, c)} |")  # fmt: skip
     return 0
 
 

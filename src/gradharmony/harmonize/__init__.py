@@ -11,6 +11,7 @@ Example:
     0.7071
 """
 
+from ._convert import LinearMultiheadAttention, convert_multihead_attention
 from ._functional import cosine, gram_cosine, realign
 from ._harmonizer import Harmonizer, HarmonizeStats
 from ._methods import (
@@ -30,7 +31,9 @@ __all__ = [
     "GradVac",
     "HarmonizeStats",
     "Harmonizer",
+    "LinearMultiheadAttention",
     "both_rule",
+    "convert_multihead_attention",
     "cosine",
     "gr_weights",
     "gram_cosine",

@@ -187,7 +187,7 @@ def _mask(attn_mask, padding, n, heads, length, source, dtype) -> Tensor | None:
 
     def additive(m):
         if m.dtype == torch.bool:
-            return torch.zeros(m.shape, dtype=dtype).masked_fill(m, float("-inf"))
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf"))
         return m.to(dtype)
 
     out = None
