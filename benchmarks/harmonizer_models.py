@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gradharmony.harmonize import Harmonizer, convert_multihead_attention
+from _steps import make_step as harmonized_step  # noqa: E402  (benchmarks/ is on sys.path)
+from gradharmony.harmonize import convert_multihead_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from library_models import import_library  # noqa: E402
@@ -71,23 +72,7 @@ def losses_of(model, batch) -> dict:
 
 
 def make_step(model, method, granularity):
-    if method == "plain":
-
-        def step(batch):
-            model.zero_grad(set_to_none=True)
-            sum(losses_of(model, batch).values()).backward()
-
-        return step
-
-    def step(batch):
-        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3)
-        try:
-            model.zero_grad(set_to_none=True)
-            harm.backward(losses_of(model, batch))
-        finally:
-            harm.remove()
-
-    return step
+    return harmonized_step(model, method, granularity, losses_of)
 
 
 def _rss_mib() -> float:

@@ -30,7 +30,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from gradharmony.harmonize import Harmonizer
+from _steps import make_step as harmonized_step  # noqa: E402  (benchmarks/ is on sys.path)
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import create_model
 
@@ -72,23 +72,7 @@ def losses_of(model, batch) -> dict:
 
 
 def make_step(model, method, granularity):
-    if method == "plain":
-
-        def step(batch):
-            model.zero_grad(set_to_none=True)
-            sum(losses_of(model, batch).values()).backward()
-
-        return step
-    def step(batch):
-        # one Harmonizer hooked at a time: every hooked Harmonizer records every forward
-        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3)
-        try:
-            model.zero_grad(set_to_none=True)
-            harm.backward(losses_of(model, batch))
-        finally:
-            harm.remove()
-
-    return step
+    return harmonized_step(model, method, granularity, losses_of)
 
 
 def brute_force_seconds(model, batch, triplets: int) -> float:
