@@ -286,6 +286,15 @@ def test_a_trained_run_without_record_is_evaluated_and_recorded(tiny_data, copy,
     assert done["skipped"] == ["baseline-s0"] and not (copy / "gone").exists()
 
 
+def test_a_batch_granularity_run_is_recorded_without_per_triplet_aurocs(tiny_data, tmp_path):
+    done, _ = _run(tiny_data, tmp_path, only=["both-batch"])
+    assert done["recorded"] == ["both-batch-s0"]
+    rec = json.loads((tmp_path / "rec" / "table1" / "both-batch-s0.json").read_text())
+    assert rec["granularity"] == "batch" and rec["conjecture"] is None
+    assert "granularity=batch" in rec["conjecture_note"]
+    assert sum(s["n"] + s["zero"] for s in rec["cosine"]["stages"]) == 4  # one per step
+
+
 @pytest.mark.slow
 def test_finetune_rows_are_fine_tuned_before_they_are_recorded(tiny_data, copy):
     path = copy / "rec" / "table1" / "baseline-s0.json"

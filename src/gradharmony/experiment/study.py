@@ -160,7 +160,10 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
     truth, clash = merge_truth([cache[p] for p in paths])
     cos = {t: r["cos"] for t, r in load_conflict_records(run_dir).items()}
     conj, note = None, None
-    if clash:
+    if resolved.get("granularity") != "sample":
+        note = (f"no AUROC: granularity={resolved.get('granularity')} logs one cosine per "
+                "batch or group, not one per triplet")
+    elif clash:
         note = (f"no AUROC: {len(clash)} clip keys (e.g. {clash[0]!r}) name clips of "
                 "different ground truth in two training sets, and the logged keys do not "
                 "tell the set")
