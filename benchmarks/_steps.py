@@ -3,6 +3,10 @@ Harmonizer step (hooked for that step only: every hooked Harmonizer records ever
 
 from __future__ import annotations
 
+import resource
+import threading
+import time
+
 from gradharmony.harmonize import Harmonizer
 
 
@@ -25,3 +29,26 @@ def make_step(model, method, granularity, losses_of):
             harm.remove()
 
     return step
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_increase_mib(step, batch) -> float:
+    """Peak resident memory (MiB) above the level before ``step(batch)``, polled every 2 ms."""
+    before = _rss_mib()
+    peak, done = [before], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    step(batch)
+    done.set()
+    thread.join()
+    return max(peak[0], _rss_mib()) - before

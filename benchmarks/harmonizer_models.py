@@ -19,17 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from _steps import make_step as harmonized_step  # noqa: E402  (benchmarks/ is on sys.path)
+from _steps import make_step as harmonized_step
+from _steps import peak_rss_increase_mib  # noqa: E402  (benchmarks/ is on sys.path)
 from gradharmony.harmonize import convert_multihead_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -75,30 +74,12 @@ def make_step(model, method, granularity):
     return harmonized_step(model, method, granularity, losses_of)
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def measure_memory(args) -> None:
     """Child process: print the peak RSS increase (MiB) of one step of one configuration."""
     method, gran, converted = args.memory
     model, batch = setup(args, converted == "True")
     step = make_step(model, method, None if gran == "None" else gran)
-    before = _rss_mib()
-    peak, done = [before], threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    step(batch)
-    done.set()
-    thread.join()
-    print(json.dumps({"peak_mib": max(peak[0], _rss_mib()) - before}))
+    print(json.dumps({"peak_mib": peak_rss_increase_mib(step, batch)}))
 
 
 def memory_of(args, method, gran, converted, live: bool = False) -> float:

@@ -21,16 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import threading
 import time
 
 import torch
 from tqdm import tqdm
 
-from _steps import make_step as harmonized_step  # noqa: E402  (benchmarks/ is on sys.path)
+from _steps import make_step as harmonized_step
+from _steps import peak_rss_increase_mib  # noqa: E402  (benchmarks/ is on sys.path)
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import create_model
 
@@ -113,27 +112,7 @@ def measure_memory(args) -> None:
     method, gran = args.memory
     gran = int(gran) if gran.isdigit() else gran
     step = make_step(model, method, None if gran == "None" else gran)
-    before = _rss_mib()
-    peak = [before]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    step(batch)
-    done.set()
-    thread.join()
-    peak[0] = max(peak[0], _rss_mib())
-    print(json.dumps({"peak_mib": peak[0] - before}))
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    print(json.dumps({"peak_mib": peak_rss_increase_mib(step, batch)}))
 
 
 def memory_of(args, method, gran, live: bool = False) -> float:
