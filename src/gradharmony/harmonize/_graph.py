@@ -28,13 +28,15 @@ from ._backward import _reach
 class Coverage:
     """What accounts for each parameter in one backward.
 
-    ``landings`` maps a landing node to the parameters pulled back from it; ``loss_level``
-    lists the loss-level parameters; ``dense`` the ids of parameters with more than one
-    source (tied, or used both inside a call and outside), whose per-group gradients are
-    summed before the Gramian.
+    ``landings`` maps a landing node to the parameters pulled back from it and ``slots`` a
+    landing node to the indices of its inputs (``next_functions``) through which they are
+    reached; ``loss_level`` lists the loss-level parameters; ``dense`` the ids of parameters
+    with more than one source (tied, or used both inside a call and outside), whose
+    per-group gradients are summed before the Gramian.
     """
 
     landings: dict = field(default_factory=dict)
+    slots: dict = field(default_factory=dict)
     loss_level: list[nn.Parameter] = field(default_factory=list)
     dense: set[int] = field(default_factory=set)
 
@@ -119,7 +121,8 @@ def analyse(losses, calls, params, names, batch, loss_params, outputs=()) -> Cov
         for landing in found:
             cov.landings.setdefault(landing, []).append(p)
         sources[i].add("landing")
-        _check_single(found, free, uses[i], node, nodes, names[i])
+        for landing, slots in _check_single(found, free, uses[i], node, nodes, names[i]).items():
+            cov.slots.setdefault(landing, set()).update(slots)
     if bad:
         raise RuntimeError(
             f"parameters {bad} reach the losses without passing a recorded layer call or a "
@@ -153,8 +156,11 @@ def _walk(free: set, p: Tensor, parents, roots: set, batch: int) -> set | None:
     return found
 
 
-def _check_single(found: set, free: set, uses: set, acc, nodes: set, name: str) -> None:
-    """A landing must reach the parameter only through the uses that landed there."""
+def _check_single(found: set, free: set, uses: set, acc, nodes: set, name: str) -> dict:
+    """A landing must reach the parameter only through the uses that landed there.
+
+    Returns, per landing, the indices of its inputs through which the parameter is reached.
+    """
     leading = {acc}
     stack = [acc]
     parents = defaultdict(list)
@@ -175,21 +181,36 @@ def _check_single(found: set, free: set, uses: set, acc, nodes: set, name: str) 
                 f"parameter {name!r} enters the graph again below where its use outside the "
                 "recorded layers meets the batch; its per-triplet part cannot be separated"
             )
+    return {
+        landing: {k for k, (child, _) in enumerate(landing.next_functions) if child in leading}
+        for landing in found
+    }
+
+
+_SUMMING = {"AddBackward0": 1, "SubBackward0": -1, "ExpandBackward0": 1}
 
 
 class Landings:
     """Per-group gradients of the parameters pulled back from their landing nodes.
 
     A hook on each landing node takes the loss's gradient there just before autograd runs the
-    node (while what it saved is alive), masks it to each group's rows and pulls it back to
-    the parameters (``is_grads_batched``, in chunks of groups). A landing autograd does not
-    run (nothing recorded lies below it) is pulled back afterwards from the captured
-    gradient: its graph is then untouched.
+    node (while what it saved is alive) and pulls each group's rows back to the parameters.
+    Where the landing broadcasts its batch-free inputs (an add of a position table, the
+    expand of a class token), the gradient at such an input is the group's rows summed over
+    the broadcast dimensions: that sum is taken directly, and pulled on through what lies
+    between the input and the parameters (a view, a slice, a lookup) as one batched backward
+    of ``[G, *input]``. Any other landing (a projection multiplied by batched features) is
+    pulled back as a whole from the gradient masked to each group's rows
+    (``is_grads_batched``, in chunks of groups). A landing autograd does not run (nothing
+    recorded lies below it) is pulled back afterwards from the captured gradient: its graph
+    is then untouched.
     """
 
-    def __init__(self, landings: dict, groups: int, num_losses: int, chunk_elems: int = 1 << 22):
+    def __init__(self, landings: dict, groups: int, num_losses: int, chunk_elems: int = 1 << 22,
+                 *, slots: dict | None = None):  # fmt: skip
         self.landings, self.G, self.L = landings, groups, num_losses
         self.chunk_elems = chunk_elems
+        self.slots = slots or {}
         self.edges = [GradientEdge(node, 0) for node in landings]
         self.dense: dict[int, list] = {}
         self.params = {id(p): p for ps in landings.values() for p in ps}
@@ -229,25 +250,84 @@ class Landings:
 
     def pull(self, node, loss: int, delta: Tensor) -> None:
         self.done.add((node, loss))
+        self._busy = True
+        try:
+            slots = self._broadcast_slots(node, delta)
+            if slots is None:
+                self._pull_masked(node, loss, delta)
+            else:
+                self._pull_summed(node, loss, delta, slots)
+        finally:
+            self._busy = False
+
+    def _broadcast_slots(self, node, delta: Tensor) -> list[tuple[int, tuple]] | None:
+        """``(input index, input shape)`` of the inputs leading to the parameters when the
+        landing only broadcasts them over the batch (a summing op), else None."""
+        name = type(node).__name__
+        slots = self.slots.get(node)
+        if name not in _SUMMING or not slots or delta.dim() == 0:
+            return None
+        out = tuple(delta.shape)
+        found = []
+        for k in sorted(slots):
+            child, nr = node.next_functions[k]
+            shape = tuple(child._input_metadata[nr].shape)
+            full = (1,) * (len(out) - len(shape)) + shape
+            if len(full) != len(out) or full[0] != 1 or out[0] % self.G:
+                return None
+            if any(s not in (1, o) for s, o in zip(full, out)):
+                return None
+            found.append((k, shape))
+        return found
+
+    def _pull_summed(self, node, loss: int, delta: Tensor, slots) -> None:
+        """Per-group sums of ``delta`` over the broadcast dimensions of each input, pulled on
+        to the parameters."""
+        G, out = self.G, tuple(delta.shape)
+        dtype = torch.promote_types(delta.dtype, torch.float32)
+        grouped = delta.detach().to(dtype).reshape(G, out[0] // G, *out[1:])
+        params = self.landings[node]
+        for k, shape in slots:
+            full = (1,) * (len(out) - len(shape)) + shape
+            dims = [0] + [d for d in range(1, len(out)) if full[d] == 1 and out[d] != 1]
+            g = grouped.sum([d + 1 for d in dims]).reshape(G, *shape)
+            if k > 0 and type(node).__name__ != "ExpandBackward0":
+                g = g * (_SUMMING[type(node).__name__] * float(node._saved_alpha))
+            child, nr = node.next_functions[k]
+            variable = getattr(child, "variable", None)
+            if variable is not None and any(variable is p for p in params):
+                self._add(variable, loss, 0, g)
+                continue
+            self._pull_chain(GradientEdge(child, nr), params, loss, g)
+
+    def _pull_chain(self, edge: GradientEdge, params, loss: int, g: Tensor) -> None:
+        """Pull per-group gradients ``g [G, *shape]`` at ``edge`` back to ``params``."""
+        dtype = edge.node._input_metadata[edge.output_nr].dtype
+        step = max(1, self.chunk_elems // max(g[0].numel(), 1))
+        for g0 in range(0, self.G, step):
+            part = g[g0 : g0 + step].to(dtype)
+            grads = torch.autograd.grad(edge, params, part, retain_graph=True,
+                                        allow_unused=True, is_grads_batched=True)  # fmt: skip
+            for p, gp in zip(params, grads):
+                if gp is not None:
+                    self._add(p, loss, g0, gp.float())
+
+    def _pull_masked(self, node, loss: int, delta: Tensor) -> None:
         params = self.landings[node]
         G, n = self.G, delta.shape[0] // self.G
         step = max(1, self.chunk_elems // max(delta.numel(), 1))
         grouped = delta.detach().reshape(G, n, *delta.shape[1:])
-        self._busy = True
-        try:
-            for g0 in range(0, G, step):
-                k = min(step, G - g0)
-                masked = delta.new_zeros(k, G, n, *delta.shape[1:])
-                masked[torch.arange(k), torch.arange(g0, g0 + k)] = grouped[g0 : g0 + k]
-                grads = torch.autograd.grad(
-                    GradientEdge(node, 0), params, masked.reshape(k, *delta.shape),
-                    retain_graph=True, allow_unused=True, is_grads_batched=True,
-                )  # fmt: skip
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        self._add(p, loss, g0, g.float())
-        finally:
-            self._busy = False
+        for g0 in range(0, G, step):
+            k = min(step, G - g0)
+            masked = delta.new_zeros(k, G, n, *delta.shape[1:])
+            masked[torch.arange(k), torch.arange(g0, g0 + k)] = grouped[g0 : g0 + k]
+            grads = torch.autograd.grad(
+                GradientEdge(node, 0), params, masked.reshape(k, *delta.shape),
+                retain_graph=True, allow_unused=True, is_grads_batched=True,
+            )  # fmt: skip
+            for p, g in zip(params, grads):
+                if g is not None:
+                    self._add(p, loss, g0, g.float())
 
     def _add(self, p, loss: int, g0: int, g: Tensor) -> None:
         per_loss = self.dense[id(p)]

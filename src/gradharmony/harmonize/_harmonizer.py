@@ -456,7 +456,7 @@ class Harmonizer:
                       self._outputs)  # fmt: skip
         plain = self._plain_grads(tensors) if self.check else None
         level = self._loss_level_grads(tensors, cov.loss_level)
-        landings = Landings(cov.landings, G, L)
+        landings = Landings(cov.landings, G, L, slots=cov.slots)
         by_module: dict[tuple, list[Call]] = {}
         for c in records:
             by_module.setdefault((c.module, c.rule), []).append(c)
