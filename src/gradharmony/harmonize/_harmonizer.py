@@ -575,7 +575,7 @@ class Harmonizer:
             ones = torch.ones_like(weights)
             self._check_baseline(self._updates(works, dense, cov, level, ones), plain)
         updates = self._updates(works, dense, cov, level, weights)
-        new = [updates.get(id(p), torch.zeros_like(p)) for p in self.params]
+        new = [updates[id(p)] if id(p) in updates else torch.zeros_like(p) for p in self.params]
         self._write(_all_reduce_tensors(new))
         return stats
 

@@ -279,12 +279,17 @@ class LinearWork(ModuleWork):
     per-group gradients ``[G, out, in]``; ``"ghost"`` uses
     ``<G_g^a, G_g^b> = sum_{c, c'} sum((A_c A_c'^T) * (Delta_c^a Delta_c'^b^T))`` over the
     group's rows of every pair of calls (cross-pass terms included); ``"auto"`` takes the
-    cheaper by a flop count. Materialised per-group weight gradients are kept for the update
+    cheaper by a flop count. With the ghost product the bias rides along: its gradient is
+    ``Delta^T 1``, so adding 1 to every entry of ``A_c A_c'^T`` adds the bias's Gramian, and
+    its update comes from the same combined ``sum_l w_l Delta^l`` as the weight's.
+    Materialised per-group weight gradients are kept for the update
     when keeping them (and releasing the recorded inputs and output gradients) grows memory
     by no more than what is left of ``budget`` (a one-element list of bytes, shared by all
     modules of a step; negative: never keep); otherwise the update is recomputed as
     ``A^T (sum_l w_l Delta^l)``. A weight in ``dense`` is always materialised and kept.
     """
+
+    fused_bias = False
 
     @staticmethod
     def accepts(module: nn.Module) -> bool:
@@ -297,12 +302,13 @@ class LinearWork(ModuleWork):
     def gram(self) -> Tensor:
         counted = set()
         out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
-        self._linear_bias()
         if self._trainable("weight"):
             gram = self._linear_weight()
             if "weight" not in self.dense_names:
                 out += gram
             counted.add("weight")  # kept or not, its Gramian is in already
+        if not self.fused_bias:
+            self._linear_bias()
         return out + self._kept_gram(counted)
 
     def _linear_bias(self) -> None:
@@ -311,7 +317,7 @@ class LinearWork(ModuleWork):
         for call in self.calls:
             for l, delta in enumerate(call.deltas):
                 if delta is not None:
-                    self._add("bias", l, self._group(linear_form(call, delta).sum(1)))
+                    self._add("bias", l, _bias_rows(call, delta, self.G))
 
     def _linear_weight(self) -> Tensor:
         G = self.G
@@ -325,11 +331,12 @@ class LinearWork(ModuleWork):
         update = sum(ni * d_in * d_out for ni in n)
         mat = sum(ni * d_in * d_out * r for ni, r in zip(n, reach))
         ghost = sum(
-            n[i] * n[j] * (d_in + d_out * reach[i] * reach[j])
+            n[i] * n[j] * (d_in + d_out * (reach[i] if i == j else min(reach[i], reach[j])))
             for i in range(len(calls))
             for j in range(i, len(calls))
         )
-        size = 4 * G * self.L * d_in * d_out
+        reached = sorted({l for c in calls for l, d in enumerate(c.deltas) if d is not None})
+        size = 4 * G * len(reached) * d_in * d_out
         growth = size - self._recorded_bytes()  # keeping lets the recorded tensors go
         must_keep = "weight" in self.dense_names
         keep = must_keep or (self.budget[0] >= 0 and growth <= self.budget[0])
@@ -338,8 +345,8 @@ class LinearWork(ModuleWork):
             strategy = "materialize" if mat + (0 if keep else update) <= ghost + update else "ghost"
         if strategy == "ghost":
             self.recompute_weight = True
-            return self._ghost(a_rows)
-        reached = sorted({l for c in calls for l, d in enumerate(c.deltas) if d is not None})
+            self.fused_bias = self._trainable("bias") and "bias" not in self.dense_names
+            return self._ghost(a_rows, self.fused_bias)
         slot = {l: k for k, l in enumerate(reached)}
         stacked = torch.zeros(len(reached), G, d_out, d_in, device=self.device)
         for call, a in zip(calls, a_rows):
@@ -365,68 +372,120 @@ class LinearWork(ModuleWork):
         tensors = [t for c in self.calls for t in (c.inp, *c.deltas) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def _ghost(self, a_rows: list[Tensor]) -> Tensor:
+    def _ghost(self, a_rows: list[Tensor], bias: bool = False) -> Tensor:
+        """Ghost Gramian over every pair of calls ``c <= c'``: with ``K = A_c A_c'^T``, each
+        ``Y = K Delta_c'^b`` serves every loss a reaching call c through
+        ``<Delta_c^a, Y> = sum(K * (Delta_c^a Delta_c'^b^T))`` (one product per loss of the
+        side reached by fewer losses, not one per pair of losses)."""
         G, L, calls = self.G, self.L, self.calls
         out = torch.zeros(G, L, L, dtype=torch.float64, device=self.device)
         a_g = [a.reshape(G, -1, a.shape[-1]) for a in a_rows]
         d_g = [
-            [None if d is None else linear_form(c, d).reshape(G, a.shape[1], -1) for d in c.deltas]
+            {l: linear_form(c, d).reshape(G, a.shape[1], -1) for l, d in enumerate(c.deltas)
+             if d is not None}
             for c, a in zip(calls, a_g)
-        ]
+        ]  # fmt: skip
         for i in range(len(calls)):
             for j in range(i, len(calls)):
-                aa = torch.bmm(a_g[i], a_g[j].transpose(1, 2))
-                for a in range(L):
-                    for b in range(L):
-                        if d_g[i][a] is None or d_g[j][b] is None:
-                            continue
-                        if i == j and b < a:
-                            continue
-                        dd = torch.bmm(d_g[i][a], d_g[j][b].transpose(1, 2))
-                        v = (aa * dd).sum((1, 2)).double()
-                        out[:, a, b] += v
-                        if i != j or a != b:
-                            out[:, b, a] += v
+                if not d_g[i] or not d_g[j]:
+                    continue
+                k = torch.bmm(a_g[i], a_g[j].transpose(1, 2))
+                if bias:  # the bias's rows: a column of ones appended to every A
+                    k += 1.0
+                out += self._ghost_pair(k, d_g[i], d_g[j], i == j)
         return out
 
-    def _weighted_weight_grad(self, call: Call, w: Tensor) -> Tensor | None:
-        """``A^T (sum_l w_l Delta^l)`` of one call, rows weighted by their group's weights."""
-        reached = [l for l, d in enumerate(call.deltas) if d is not None]
-        if not reached:
-            return None
-        a = linear_form(call)
-        n, t, d_in = a.shape
-        rep = w.repeat_interleave(n // self.G, dim=0)  # [N, L]
-        deltas = {l: linear_form(call, call.deltas[l]) for l in reached}
-        d_out = deltas[reached[0]].shape[-1]
-        if len(reached) == 1:
-            (l,) = reached
-            scale = None if bool((rep[:, l] == 1).all()) else rep[:, l].view(-1, 1, 1)
-            delta = deltas[l]
-            if scale is not None:  # scale the narrower side
-                if d_in < d_out:
-                    a = a * scale
+    def _ghost_pair(self, k: Tensor, left: dict, right: dict, same: bool) -> Tensor:
+        """Gramian terms ``sum(K * (Delta^a Delta'^b^T))`` of one pair of calls (both orders
+        when the calls differ)."""
+        out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=k.device)
+        if not same and len(left) < len(right):
+            left, right, k = right, left, k.transpose(1, 2)
+        for b, d_b in right.items():
+            y = torch.bmm(k, d_b)
+            for a, d_a in left.items():
+                if same and a > b:
+                    continue
+                v = (d_a * y).sum((1, 2)).double()
+                if same and a == b:
+                    out[:, a, a] += v
                 else:
-                    delta = delta * scale
-            return delta.reshape(-1, d_out).T @ a.reshape(-1, d_in)
-        comb = None
-        for l in reached:
-            term = deltas[l] * rep[:, l].view(-1, 1, 1)
-            comb = term if comb is None else comb + term
-        return comb.reshape(-1, d_out).T @ a.reshape(-1, d_in)
+                    out[:, a, b] += v
+                    out[:, b, a] += v
+        return out
+
+    def _combined_delta(self, call: Call, w: Tensor) -> Tensor | None:
+        """``sum_l w_l Delta^l`` of one call in the layout of its output gradients, each row
+        weighted by its group's weights (a loss weighted 1 everywhere is added as it is)."""
+        comb, owned = None, False
+        for l, delta in enumerate(call.deltas):
+            if delta is None or not bool(w[:, l].any()):
+                continue
+            d = delta.float()
+            scale = None
+            if not bool((w[:, l] == 1).all()):
+                rows = w[:, l].repeat_interleave(d.shape[0] // self.G)
+                scale = rows.view(-1, *([1] * (d.dim() - 1)))
+            if comb is None:
+                comb, owned = (d, d is not delta) if scale is None else (d * scale, True)
+            elif owned:
+                comb.add_(d) if scale is None else comb.addcmul_(d, scale)
+            else:
+                comb = comb + d if scale is None else torch.addcmul(comb, d, scale)
+                owned = True
+        return comb
 
     def update(self, weights: Tensor) -> dict[str, Tensor]:
         grads = super().update(weights)
-        if self.recompute_weight:
-            w = weights.float().to(self.device)
-            total = None
-            for call in self.calls:
-                g = self._weighted_weight_grad(call, w)
-                if g is not None:
-                    total = g if total is None else total + g
-            if total is not None:
-                grads["weight"] = total.reshape(self.module.weight.shape)
+        if not self.recompute_weight:
+            return grads
+        w = weights.float().to(self.device)
+        weight = bias = None
+        for call in self.calls:
+            if all(d is None for d in call.deltas):
+                continue
+            comb = self._combined_delta(call, w)
+            if comb is None:  # every group of every loss reaching the call weighted 0
+                continue
+            gw, gb = _weight_grads(self.module, call, comb, self.fused_bias)
+            weight = gw if weight is None else weight + gw
+            if gb is not None:
+                bias = gb if bias is None else bias + gb
+        m = self.module
+        grads["weight"] = torch.zeros(m.weight.shape, device=self.device) if weight is None \
+            else weight.reshape(m.weight.shape)  # fmt: skip
+        if self.fused_bias:
+            grads["bias"] = torch.zeros(m.bias.shape, device=self.device) if bias is None \
+                else bias  # fmt: skip
         return grads
+
+
+def _bias_rows(call: Call, delta: Tensor, groups: int) -> Tensor:
+    """Per-group bias gradients ``[G, out]`` of a Linear/Conv call: ``delta`` summed over
+    the group's rows and positions."""
+    d = delta.float()
+    if isinstance(call.module, _CONV):
+        return d.reshape(groups, -1, d.shape[1], math.prod(d.shape[2:])).sum((1, 3))
+    return d.reshape(groups, -1, d.shape[-1]).sum(1)
+
+
+def _weight_grads(module: nn.Module, call: Call, comb: Tensor, bias: bool):
+    """``A^T comb`` of one call (and ``sum(comb)`` when ``bias``): a Linear's as one matrix
+    product, a convolution's by the convolution's own weight-gradient kernel."""
+    if isinstance(module, _CONV):
+        x = call.inp.float()
+        nd = x.dim() - 2
+        if module.padding != "valid" and any(module._reversed_padding_repeated_twice):
+            mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            comb, x, module.weight.detach().float(), [comb.shape[1]] if bias else None,
+            module.stride, [0] * nd, module.dilation, False, [0] * nd, 1, [False, True, bias],
+        )  # fmt: skip
+        return gw, gb
+    d = comb.reshape(-1, comb.shape[-1])
+    a = call.inp.float().reshape(-1, call.inp.shape[-1])
+    return d.T @ a, d.sum(0) if bias else None
 
 
 @register_rule(nn.Embedding)
