@@ -3,6 +3,7 @@ Harmonizer step (hooked for that step only: every hooked Harmonizer records ever
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
@@ -52,3 +53,9 @@ def peak_rss_increase_mib(step, batch) -> float:
     done.set()
     thread.join()
     return max(peak[0], _rss_mib()) - before
+
+
+def load_note(start: tuple[float, float, float]) -> str:
+    """The machine's 1-minute load average at the start of the timings and now: the ratios
+    are measured side by side, but other processes running change them."""
+    return f"load average {start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"

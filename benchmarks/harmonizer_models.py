@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _steps import load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
 from _steps import make_step as harmonized_step
-from _steps import peak_rss_increase_mib  # noqa: E402  (benchmarks/ is on sys.path)
 from gradharmony.harmonize import convert_multihead_attention
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
         models[converted], batch = setup(args, converted)
     steps = {c: make_step(models[c[2]], *c[:2]) for c in CONFIGS}
     times: dict = {c: [] for c in CONFIGS}
+    load = os.getloadavg()
     for c in CONFIGS:  # warm-up
         steps[c](batch)
     for _ in range(args.reps):
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
             steps[c](batch)
             times[c].append(time.perf_counter() - t0)
     plain = min(times[CONFIGS[0]])
+    note = load_note(load)
     for c in CONFIGS:
         print(f"{c}: {min(times[c]) / plain:.2f}x time (median "
               f"{sorted(times[c])[len(times[c]) // 2] / plain:.2f}x)", file=sys.stderr)
@@ -126,7 +128,7 @@ def main(argv=None) -> int:
         for c in CONFIGS:
             mem[c], live[c] = memory_of(args, *c), memory_of(args, *c, live=True)
     print(f"open_clip CLIP (ViT-B/32 shape, narrowed), batch {args.batch}, {args.threads} "
-          f"threads, plain step {plain:.3f} s (best of {args.reps})\n")  # fmt: skip
+          f"threads, plain step {plain:.3f} s (best of {args.reps}), {note}\n")  # fmt: skip
     print("| attention | method | granularity | time / plain | peak RSS / plain "
           "| peak live / plain |\n|---|---|---|---|---|---|")  # fmt: skip
     for c in CONFIGS:

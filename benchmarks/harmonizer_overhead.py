@@ -28,8 +28,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from _steps import load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
 from _steps import make_step as harmonized_step
-from _steps import peak_rss_increase_mib  # noqa: E402  (benchmarks/ is on sys.path)
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import create_model
 
@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     steps = {c: make_step(model, *c) for c in CONFIGS}
     times: dict = {c: [] for c in CONFIGS}
     cpu: dict = {c: [] for c in CONFIGS}
+    load = os.getloadavg()
     for c in CONFIGS:  # warm-up
         steps[c](batch)
     bar = tqdm(total=args.reps * len(CONFIGS), desc="timing", file=sys.stderr)
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
             cpu[c].append(time.process_time() - c0)
             bar.update()
     bar.close()
+    note = load_note(load)
     brute = brute_force_seconds(model, batch, args.brute_triplets) / args.brute_triplets
     plain = min(times[("plain", None)])
     plain_cpu = min(cpu[("plain", None)])
@@ -175,7 +177,7 @@ def main(argv=None) -> int:
             mem[c] = memory_of(args, c[0], c[1])
             live[c] = memory_of(args, c[0], c[1], live=True)
     print(f"batch {args.batch}, {args.threads} threads, plain step {plain:.3f} s wall, "
-          f"{plain_cpu:.3f} s CPU (best of {args.reps})\n")  # fmt: skip
+          f"{plain_cpu:.3f} s CPU (best of {args.reps}), {note}\n")  # fmt: skip
     print("| method | granularity | wall time / plain | CPU time / plain | peak RSS / plain "
           "| peak live / plain |")  # fmt: skip
     print("|---|---|---|---|---|---|")
