@@ -11,7 +11,7 @@ TEST_LIBS := open_clip_torch==3.3.0 timm==1.0.31 transformers==5.24.0 safetensor
 	ftfy wcwidth
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-all lint bench table1 table2 clean
+.PHONY: venv demo test test-all lint bench table1 table2 table3 clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,9 @@ table1: $(STAMP)
 
 table2: $(STAMP)
 	$(VENV)/bin/gradharmony experiment table2 --out runs/table2 --data data/study --make-data && $(VENV)/bin/gradharmony experiment gamma --out runs/gamma --data data/study
+
+table3: $(STAMP)
+	$(VENV)/bin/gradharmony experiment table3 --out runs/table3 --data data/study --make-data
 
 clean:
 	rm -rf $(VENV) runs data build *.egg-info src/*.egg-info

@@ -62,6 +62,8 @@ def collate(samples: Sequence[dict], *, video_uint8: bool = False) -> dict:
         else:
             batch[name] = stacked.to(dtype)
     batch["key"] = [str(s.get("key", "")) for s in samples]
+    if all("set" in s for s in samples):  # the mixture set of each clip (keys repeat across sets)
+        batch["set"] = [int(s["set"]) for s in samples]
     batch["meta"] = [dict(s.get("meta") or {}) for s in samples]
     return batch
 

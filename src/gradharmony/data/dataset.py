@@ -398,7 +398,8 @@ class EpochReader:
             cand = np.zeros(k, bool)
         return {"video": video, "audio": audio, "text": ids, "text_mask": mask,
                 "candidate_mask": cand, "has_text": bool(ds.sets[item.set_index].text),
-                "has_audio": has_audio, "label": _label(meta), "key": item.key, "meta": meta}
+                "has_audio": has_audio, "label": _label(meta), "key": item.key,
+                "set": item.set_index, "meta": meta}
 
     def _output(self, samples: list[dict]) -> ReaderOutput:
         batch = collate(samples, video_uint8=self.video_uint8) if samples else None

@@ -1,9 +1,10 @@
 """``gradharmony experiment NAME ...``: resumable experiments (see
-:mod:`gradharmony.experiment`). Experiments: ``evidence``, ``table1``, ``table2``, ``gamma``.
+:mod:`gradharmony.experiment`). Experiments: ``evidence``, ``table1``, ``table2``, ``gamma``,
+``table3``.
 
 Example:
     >>> main(["--help"])
-    usage: gradharmony experiment {evidence,table1,table2,gamma} [options]
+    usage: gradharmony experiment {evidence,table1,table2,gamma,table3} [options]
     0
     >>> main(["nosuch"])
     Traceback (most recent call last):
@@ -21,7 +22,8 @@ from gradharmony.errors import InputError
 EXPERIMENTS = {"evidence": "gradharmony.experiment.evidence",
                "table1": "gradharmony.experiment.study:main_table1",
                "table2": "gradharmony.experiment.study:main_table2",
-               "gamma": "gradharmony.experiment.study:main_gamma"}
+               "gamma": "gradharmony.experiment.study:main_gamma",
+               "table3": "gradharmony.experiment.study:main_table3"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,10 +35,11 @@ from gradharmony.experiment.tables import (
 from gradharmony.experiment.verdicts import verdicts
 
 TABLE1_ROWS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both", "both-batch",
-               "clean-baseline")
+               "small-loss", "clean-baseline")
 TABLE2_ROWS = tuple(m if s == "noisy" else f"{s}-{m}" for s in TABLE2_SETTINGS
                     for m in TABLE2_METHODS)
 GAMMA_ROWS = ("cl", "cl-g0")
+TABLE3_ROWS = ("ms-baseline", "ms-gr")
 SUMMARY_METRICS = ("R@10", "MedR", "video probe top-1", "audio probe top-1")
 FIGURE = "figure4.png"
 
@@ -168,7 +169,8 @@ def kept_table(records) -> list[str]:
     """Markdown: the kept fraction per stage of the rows that drop triplets (CL, Both)."""
     out = ["| row | kept fraction per stage (mean over seeds) |", "|---|---|"]
     for r in sorted({x["row"] for x in records}):
-        recs = [x for x in records if x["row"] == r and x.get("method") in ("cl", "both")]
+        recs = [x for x in records
+                if x["row"] == r and x.get("method") in ("cl", "both", "small-loss")]
         if not recs:
             continue
         k = min(len(x["cosine"]["stages"]) for x in recs)
@@ -205,6 +207,25 @@ def conjecture_section(records) -> list[str]:
     return out + [f"- {n}" for n in notes] + ([""] if notes else [])
 
 
+def small_loss_section(by) -> list[str]:
+    """Markdown: CL against its small-loss control (the same number of triplets dropped per
+    step, chosen by loss instead of by cosine).
+
+    Example:
+        >>> from gradharmony.experiment.summary import fake_record
+        >>> by = by_name([fake_record("cl-s0", r10=5.0), fake_record("small-loss-s0", r10=7.0)])
+        >>> small_loss_section(by)[-2]
+        '| small-loss − cl | +2.0 (n=1) | +0.0 (n=1) | +0.0 (n=1) | +0.0 (n=1) |'
+    """
+    out = ["## Beyond the paper: the gradient signal against the loss signal", "",
+           "`small-loss` drops, at every step, exactly as many triplets as CL's threshold "
+           "(cos ≤ γ) would, but those of the highest per-triplet loss l_va + l_vt: the two "
+           "rows differ only in *which* triplets go. The loss is free in any training step; "
+           "the cosine needs the per-triplet Gramian.", ""]
+    out += metric_table(by, ("cl", "small-loss"), list(SUMMARY_METRICS))
+    return out + pair_table(by, "small-loss", "cl", list(SUMMARY_METRICS))
+
+
 def scale(records: list[dict]) -> str:
     """The size of the recorded runs, read from the first record's resolved config.
 
@@ -239,7 +260,8 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
           "Train, evaluate and record what is missing (a recorded run is skipped; a "
           "half-trained one resumes): `make table1` (`gradharmony experiment table1 "
           "--make-data --finetune baseline,both`), then `make table2` (`gradharmony "
-          "experiment table2` and `gradharmony experiment gamma`).", "",
+          "experiment table2` and `gradharmony experiment gamma`), `make table3` (`gradharmony "
+          "experiment table3`).", "",
           "How to read it: every run is `configs/study.yaml` with one method and one training "
           "seed; a cell is the mean ± sample standard deviation over seeds. A difference to "
           "the baseline is paired by seed (the same seed in both rows), shown as the mean "
@@ -263,8 +285,13 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
            "table2`): `mix` trains on `noisy/train` + `sound/train` as a text-free set "
            "(`has_text: false`, the video–audio loss only), `wild` adds `wild/train` (more "
            "text and audio noise), equal weights. The γ runs (`gradharmony experiment "
-           "gamma`): `cl-g0` is CL with (γ0, γ_end) = (0, 0). Every run is evaluated with "
-           "`gradharmony eval --tasks retrieval,probe --data DATA/noisy`.", ""]
+           "gamma`): `cl-g0` is CL with (γ0, γ_end) = (0, 0). `small-loss` (in Table 1, beyond "
+           "the paper) drops at every step as many triplets as CL's threshold would, but those "
+           "of the highest loss l_va + l_vt. Table 3 (`gradharmony experiment table3`): "
+           "`ms-*` is the modality-specific model (`model.modality_agnostic=false`: one "
+           "backbone per modality, so the two losses share only the video backbone) on "
+           "`noisy/train`. Every run is evaluated with `gradharmony eval --tasks "
+           "retrieval,probe --data DATA/noisy`.", ""]
     md += ["## Table 1: methods on the noisy study data", ""]
     md += metric_table(by, TABLE1_ROWS, list(RUN_METRICS))
     tuned = {run_row(r["run"]) for r in records if r.get("eval", {}).get("finetune")}
@@ -280,13 +307,17 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     md += ["## γ schedules (CL)", "", "`cl`: (γ0, γ_end) = (−0.3, 0); `cl-g0`: (0, 0).", ""]
     md += metric_table(by, GAMMA_ROWS, list(SUMMARY_METRICS))
     md += pair_table(by, "cl", "cl-g0", list(SUMMARY_METRICS))
+    md += small_loss_section(by)
+    md += ["## Table 3: the modality-specific backbone (baseline, GR)", ""]
+    md += metric_table(by, TABLE3_ROWS, list(SUMMARY_METRICS))
+    md += pair_table(by, "ms-baseline", "baseline", list(SUMMARY_METRICS))
     md += ["## Figure 4: per-triplet cosine over training", ""]
     md += [f"![Figure 4]({figure})", ""] if figure else ["(no records with cosines yet)", ""]
     md += ["## Mean cosine per data setting", "",
            "The mean of the logged per-triplet cos(g_va, g_vt) over training; a cosine of "
            "exactly 0 (one gradient is zero: a triplet of a text-free set, or without sound) "
            "is left out.", "", *cosine_table(records)]
-    md += ["## Kept fraction (CL, Both)", "", *kept_table(records)]
+    md += ["## Kept fraction (CL, Both, small-loss)", "", *kept_table(records)]
     md += ["## The conjecture over training: AUROC of −cos against the ground truth", "",
            "Positive class: misaligned triplets (narration or sound), from the logged "
            "per-triplet cosines and losses of training (train mode, the batches training "
@@ -310,7 +341,7 @@ def write_results(records_root, doc, expected: dict[str, list[str]], command: st
     records = read_records(records_root)
     doc = Path(doc)
     fig_path = Path(records_root) / FIGURE
-    rows = [*TABLE1_ROWS, "cl-g0", *TABLE2_ROWS[len(TABLE2_METHODS):]]
+    rows = [*TABLE1_ROWS, "cl-g0", *TABLE2_ROWS[len(TABLE2_METHODS):], *TABLE3_ROWS]
     drawn = []
     if records:
         fig_path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ from gradharmony.experiment.tables import (
     run_setting,
     table1_runs,
     table2_runs,
+    table3_runs,
 )
 
 EVAL_TASKS = "retrieval,probe"
@@ -64,12 +65,15 @@ class Table:
             return table1_runs(data, seeds)
         if self.name == "table2":
             return table2_runs(data, seeds)
+        if self.name == "table3":
+            return table3_runs(seeds)
         return gamma_runs(seeds)
 
 
 TABLES = {"table1": Table("table1", "runs/table1", ("noisy", "clean")),
           "table2": Table("table2", "runs/table2", ("noisy", "sound", "wild")),
-          "gamma": Table("gamma", "runs/gamma", ("noisy",))}
+          "gamma": Table("gamma", "runs/gamma", ("noisy",)),
+          "table3": Table("table3", "runs/table3", ("noisy",))}
 
 
 def expected_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> dict[str, list[str]]:
@@ -77,7 +81,7 @@ def expected_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> dict[str, list[str]]
 
     Example:
         >>> {t: len(v) for t, v in expected_runs(seeds=(0,)).items()}
-        {'table1': 9, 'table2': 8, 'gamma': 1}
+        {'table1': 10, 'table2': 8, 'gamma': 1, 'table3': 2}
     """
     return {t: [s.name for s in tab.runs(data, seeds)] for t, tab in TABLES.items()}
 
@@ -158,18 +162,22 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
         if p not in cache:
             cache[p] = read_truth(p)
     truth, clash = merge_truth([cache[p] for p in paths])
-    cos = {t: r["cos"] for t, r in load_conflict_records(run_dir).items()}
+    logged = load_conflict_records(run_dir)
+    cos = {t: r["cos"] for t, r in logged.items()}
+    by_set = bool(logged) and all("sets" in r for r in logged.values())
+    set_truths = [cache[str(m["shards"])] if m.get("has_text", True) else None
+                  for m in resolved["data"]["mixture"]]
     conj, note = None, None
     if resolved.get("granularity") != "sample":
         note = (f"no AUROC: granularity={resolved.get('granularity')} logs one cosine per "
                 "batch or group, not one per triplet")
-    elif clash:
+    elif clash and not by_set:
         note = (f"no AUROC: {len(clash)} clip keys (e.g. {clash[0]!r}) name clips of "
                 "different ground truth in two training sets, and the logged keys do not "
                 "tell the set")
     else:
-        conj = compact_aurocs(stage_aurocs(training_rows(run_dir, truth), stages,
-                                           n_boot=n_boot, seed=0))
+        rows = training_rows(run_dir, truth, set_truths if by_set else None)
+        conj = compact_aurocs(stage_aurocs(rows, stages, n_boot=n_boot, seed=0))
     summary = meta.get("summary", {})
     return {"format": 1, "table": table, "run": spec.name, "row": run_row(spec.name),
             "setting": run_setting(spec.name), "method": resolved.get("method"),
@@ -188,6 +196,22 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
             "cosine": {"bins": [-HIST_RANGE, HIST_RANGE, BINS],
                        "stages": cosine_stages(cos, read_metrics(run_dir), stages)},
             "conjecture": conj, "conjecture_note": note}
+
+
+def retrain_note(old: dict, new: dict) -> str:
+    """How a run trained again (to add fine-tuning) compares with its earlier record: the
+    evaluation both hold must agree, or the note names what moved.
+
+    Example:
+        >>> retrain_note({"eval": {"probe": {"a": 1.0}}}, {"eval": {"probe": {"a": 1.0},
+        ...                                                         "finetune": {}}})
+        'trained again: the same retrieval and probe results as the earlier record'
+    """
+    moved = [k for k in old.get("eval", {}) if old["eval"][k] != new["eval"].get(k)]
+    if not moved:
+        return "trained again: the same retrieval and probe results as the earlier record"
+    return (f"trained again: {', '.join(moved)} differ from the earlier record (training is "
+            "not bitwise reproducible here); the record now holds the new run's results")
 
 
 def run_table(table: str, out, data: str = DEFAULT_DATA, records=DEFAULT_RECORDS,
@@ -220,17 +244,27 @@ def run_table(table: str, out, data: str = DEFAULT_DATA, records=DEFAULT_RECORDS
         if exp is None:
             (done["skipped"] if path.is_file() else done["missing"]).append(spec.name)
             continue
+        tune = run_row(spec.name) in finetune
+        old = None
         if recorded(path, exp.resolved(spec)):
-            log(f"[{table}] {spec.name}: recorded, skipped")
-            done["skipped"].append(spec.name)
-            continue
+            old = json.loads(path.read_text())
+            if not tune or "finetune" in old.get("eval", {}):
+                log(f"[{table}] {spec.name}: recorded, skipped")
+                done["skipped"].append(spec.name)
+                continue
+            log(f"[{table}] {spec.name}: recorded without fine-tuning: training it again "
+                "(or resuming) to fine-tune it")
         if not train and exp.state(spec) != "finished":
             done["missing"].append(spec.name)
             continue
         exp.train(spec, progress=progress)
-        tasks = EVAL_TASKS + (",finetune" if run_row(spec.name) in finetune else "")
+        tasks = EVAL_TASKS + (",finetune" if tune else "")
         _eval(exp.run_dir(spec), eval_data, int(exp.resolved(spec)["steps"]), log, tasks)
-        write_record(path, build_record(table, exp, spec, eval_data, stages, n_boot, truth))
+        record = build_record(table, exp, spec, eval_data, stages, n_boot, truth)
+        if old is not None:
+            record["retrained"] = retrain_note(old, record)
+            log(f"[{table}] {spec.name}: {record['retrained']}")
+        write_record(path, record)
         log(f"[{table}] {spec.name}: recorded in {path}")
         done["recorded"].append(spec.name)
     if doc:
@@ -362,3 +396,8 @@ def main_table2(argv: list[str] | None = None) -> int:
 def main_gamma(argv: list[str] | None = None) -> int:
     """``gradharmony experiment gamma``."""
     return main("gamma", argv)
+
+
+def main_table3(argv: list[str] | None = None) -> int:
+    """``gradharmony experiment table3``."""
+    return main("table3", argv)

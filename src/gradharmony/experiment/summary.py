@@ -107,9 +107,11 @@ def baseline_row(row: str) -> str:
     """The row ``row`` is compared with.
 
     Example:
-        >>> baseline_row("mix-cl"), baseline_row("cl-g0"), baseline_row("clean-baseline")
-        ('mix-baseline', 'baseline', 'baseline')
+        >>> baseline_row("mix-cl"), baseline_row("cl-g0"), baseline_row("ms-gr")
+        ('mix-baseline', 'baseline', 'ms-baseline')
     """
+    if row.startswith("ms-") and row != "ms-baseline":
+        return "ms-baseline"  # the modality-specific model against its own baseline
     setting = run_setting(row + "-s0")
     return f"{setting}-baseline" if setting in ("mix", "wild") else "baseline"
 

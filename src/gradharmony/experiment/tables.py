@@ -3,7 +3,8 @@
 Every run is ``configs/study.yaml`` (the study budget: 200 steps, sample granularity, a cosine
 per triplet logged every step) on the ``study`` preset's noisy training data, with one method
 and one seed; ``both`` is also run at ``batch`` granularity (the paper's Algorithm 1 as
-written), and ``baseline`` on the paired clean data is the ceiling. Runs are ordered seed by
+written), ``small-loss`` (CL's drop count, the highest-loss triplets) is the loss-signal
+control of CL, and ``baseline`` on the paired clean data is the ceiling. Runs are ordered seed by
 seed, so that a study stopped half-way holds every method at the first seeds.
 
 Data layout (``DATA``, default ``data/study``): ``DATA/noisy`` is ``gradharmony make-data
@@ -13,8 +14,8 @@ synthetic --preset study --seed 0``, ``DATA/clean`` is ``--preset clean --neighb
 Example:
     >>> specs = table1_runs(seeds=(0,))
     >>> [s.name for s in specs][:3], len(specs)
-    (['baseline-s0', 'rw-va-s0', 'rw-vt-s0'], 9)
-    >>> table1_runs(seeds=(0,))[-1].overrides[:2]
+    (['baseline-s0', 'rw-va-s0', 'rw-vt-s0'], 10)
+    >>> table1_runs(seeds=(0,))[-2].overrides[:2]
     ('method=baseline', 'seed=0')
 """
 
@@ -43,8 +44,9 @@ def data_overrides(data: str, condition: str) -> tuple[str, str]:
 
 def table1_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> list[RunSpec]:
     """The runs of Table 1, seed by seed: every method (sample granularity), ``both`` at batch
-    granularity, ``baseline`` on clean data. The experiment's base overrides are
-    ``data_overrides(data, "noisy")``; the clean run overrides them."""
+    granularity, ``baseline`` on clean data, ``small-loss`` (beyond the paper). The
+    experiment's base overrides are ``data_overrides(data, "noisy")``; the clean run
+    overrides them."""
     specs = []
     for seed in seeds:
         specs += [RunSpec(f"{m}-s{seed}", (f"method={m}", f"seed={seed}"))
@@ -53,6 +55,7 @@ def table1_runs(data: str = DEFAULT_DATA, seeds=SEEDS) -> list[RunSpec]:
                              ("method=both", f"seed={seed}", "granularity=batch")))
         specs.append(RunSpec(f"clean-baseline-s{seed}",
                              ("method=baseline", f"seed={seed}", *data_overrides(data, "clean"))))
+        specs.append(RunSpec(f"small-loss-s{seed}", ("method=small-loss", f"seed={seed}")))
     return specs
 
 
@@ -126,6 +129,23 @@ def gamma_runs(seeds=SEEDS) -> list[RunSpec]:
     """
     return [RunSpec(f"cl-g0-s{seed}", ("method=cl", f"seed={seed}", "gamma0=0.0",
                                          "gamma_end=0.0")) for seed in seeds]
+
+
+#: the methods of Table 3 (the modality-specific backbone: one transformer per modality)
+TABLE3_METHODS = ("baseline", "gr")
+
+
+def table3_runs(seeds=SEEDS) -> list[RunSpec]:
+    """The runs of Table 3: the modality-specific model (``model.modality_agnostic=false``)
+    with and without ``gr`` on the noisy data, named ``ms-METHOD-sSEED``.
+
+    Example:
+        >>> [s.name for s in table3_runs(seeds=(0,))], table3_runs(seeds=(0,))[1].overrides
+        (['ms-baseline-s0', 'ms-gr-s0'], ('method=gr', 'seed=0', 'model.modality_agnostic=false'))
+    """
+    return [RunSpec(f"ms-{m}-s{seed}", (f"method={m}", f"seed={seed}",
+                                         "model.modality_agnostic=false"))
+            for seed in seeds for m in TABLE3_METHODS]
 
 
 def run_row(name: str) -> str:

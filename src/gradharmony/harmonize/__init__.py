@@ -22,6 +22,7 @@ from ._methods import (
     gr_weights,
     pcgrad_weights,
     reweight_weights,
+    small_loss_rule,
 )
 from ._rules import register_rule
 
@@ -33,6 +34,7 @@ __all__ = [
     "Harmonizer",
     "LinearMultiheadAttention",
     "both_rule",
+    "small_loss_rule",
     "convert_multihead_attention",
     "cosine",
     "gr_weights",

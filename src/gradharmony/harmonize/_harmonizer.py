@@ -34,6 +34,7 @@ from ._methods import (
     gr_weights,
     pcgrad_weights,
     reweight_weights,
+    small_loss_rule,
 )
 from ._rules import rule_for
 
@@ -109,6 +110,8 @@ class Harmonizer:
         method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both``. ``gr`` is Algorithm 1
             for two losses and PCGrad (random pairwise order, seeded) for more. ``cl`` drops a
             group when ``cos <= gamma``; ``both`` also projects when ``gamma < cos < 0``.
+            ``small-loss`` drops as many groups as ``cl`` would, choosing those of the
+            highest ``scores`` (per-triplet losses, given to :meth:`backward`).
         granularity: ``"batch"`` (one group: the paper's Algorithm 1 on the whole batch, under
             torch.distributed the global batch), ``"sample"`` (one group per triplet) or an
             int m (groups of m triplets; m must divide the batch).
@@ -169,7 +172,7 @@ class Harmonizer:
             raise ValueError(f"strategy must be auto|ghost|materialize, got {strategy!r}")
         self.strategy, self.keep_bytes, self.measure = strategy, keep_bytes, measure
         g0, g1 = (gamma, gamma) if isinstance(gamma, int | float) else tuple(gamma)
-        if method not in ("cl", "both") and total_steps is None:
+        if method not in ("cl", "both", "small-loss") and total_steps is None:
             g1 = g0  # gamma is only reported; no schedule needed
         self.schedule = GammaSchedule(g0, g1, total_steps)
         self.generator = torch.Generator().manual_seed(seed)
@@ -184,6 +187,7 @@ class Harmonizer:
         self._loss_ids = {id(by_name[n]) for n in loss_params}
         self._records: list[Call] = []
         self._in_backward = False
+        self._scores: Tensor | None = None
         self._reentrant = False
         self._seq = 0
         self._last: dict[nn.Module, int] = {}
@@ -348,7 +352,8 @@ class Harmonizer:
     # -- backward -------------------------------------------------------------------------
 
     def backward(
-        self, losses: dict[str, Tensor], step: int = 0, batch_size: int | None = None
+        self, losses: dict[str, Tensor], step: int = 0, batch_size: int | None = None,
+        scores: Tensor | None = None,
     ) -> HarmonizeStats:
         """Write the harmonized update into ``p.grad`` and return per-group statistics.
 
@@ -359,9 +364,12 @@ class Harmonizer:
         backward: every recorded call maps its row r to triplet ``r // (rows / B)``.
         On any error ``p.grad`` is left untouched. When ``stats.all_dropped`` is True the
         gradients are zero: skip ``optimizer.step()`` so Adam moments do not move.
+        ``scores`` (``small-loss`` only, required there): one score per triplet ``[B]``, e.g.
+        the per-triplet losses; a group's score is the mean of its triplets'.
         """
         try:
             names, tensors = self._validate(losses)
+            self._scores = self._check_scores(scores)
             self._in_backward = True
             if self.method == "baseline" and not self.measure:
                 return self._plain(names, tensors, step)
@@ -370,7 +378,27 @@ class Harmonizer:
             return self._grouped(names, tensors, step, batch_size)
         finally:
             self._in_backward = False
+            self._scores = None
             self.reset()
+
+    def _check_scores(self, scores) -> Tensor | None:
+        if self.method != "small-loss":
+            if scores is not None:
+                raise ValueError(f"scores are used by method 'small-loss' only, not "
+                                 f"{self.method!r}")
+            return None
+        if scores is None:
+            raise ValueError("method 'small-loss' needs scores=: one score (loss) per triplet")
+        scores = torch.as_tensor(scores).detach().reshape(-1).double().cpu()
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError("scores must be finite")
+        return scores
+
+    def _group_scores(self, groups: int) -> Tensor:
+        s = self._scores
+        if s.numel() % groups:
+            raise ValueError(f"{s.numel()} scores do not split into {groups} groups")
+        return s.reshape(groups, -1).mean(1)
 
     def _validate(self, losses) -> tuple[list[str], list[Tensor]]:
         if not isinstance(losses, dict) or not losses:
@@ -450,6 +478,8 @@ class Harmonizer:
             raise ValueError(
                 f"granularity {self.group_size} does not divide the batch size {B}"
             )
+        if self._scores is not None and self._scores.numel() != B:
+            raise ValueError(f"scores: {self._scores.numel()} values for a batch of {B} triplets")
         G = B // self.group_size
         L = len(names)
         cov = analyse(tensors, records, self.params, self._names, B, self._loss_ids,
@@ -665,7 +695,9 @@ class Harmonizer:
             projected = below.flatten(1).any(1)
         else:
             kept, projected = both_rule(decide_cos, gamma)
-            if m == "cl":
+            if m == "small-loss":
+                kept = small_loss_rule(decide_cos, gamma, self._group_scores(G))
+            if m in ("cl", "small-loss"):
                 projected = torch.zeros_like(kept)
                 weights = ones.clone()
             else:

@@ -16,7 +16,7 @@ from gradharmony._dist import multi_rank
 
 from ._functional import gram_cosine
 
-METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both")
+METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both", "small-loss")
 
 
 def _check_gram(gram: Tensor) -> Tensor:
@@ -145,6 +145,28 @@ def both_rule(cos: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
     """
     kept = cos > gamma
     return kept, kept & (cos < 0)
+
+
+def small_loss_rule(cos: Tensor, gamma: float, scores: Tensor) -> Tensor:
+    """The small-loss control of CL: drop as many groups as CL would (``cos <= gamma``), but
+    the ones with the highest ``scores`` (their losses) instead of the lowest cosines.
+
+    Returns ``kept`` shaped like ``cos``. Ties keep the earlier group. The count is CL's, so
+    the two differ only in *which* groups go: the gradient signal against the loss signal.
+
+    Example:
+        >>> small_loss_rule(torch.tensor([-0.5, 0.1, 0.2]), -0.3, torch.tensor([1.0, 3.0, 2.0]))
+        tensor([ True, False,  True])
+    """
+    if scores.shape != cos.shape:
+        raise ValueError(f"scores must have the shape of the groups {tuple(cos.shape)}, got "
+                         f"{tuple(scores.shape)}")
+    drop = int((cos <= gamma).sum())
+    kept = torch.ones_like(cos, dtype=torch.bool)
+    if drop:
+        order = torch.sort(scores.double(), descending=True, stable=True).indices
+        kept[order[:drop]] = False
+    return kept
 
 
 class GammaSchedule:

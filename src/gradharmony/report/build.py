@@ -149,7 +149,7 @@ def _conflict_figures(runs: list[RunRecord], labels: list[str], out: Path
         pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
     gammas = {}
     for r, lab in with_cos:
-        if r.method in ("cl", "both") and lab not in gammas:
+        if r.method in ("cl", "both", "small-loss") and lab not in gammas:
             rows_g = [m for m in r.metrics if "gamma" in m]
             if rows_g:
                 gammas[lab] = (np.array([m["step"] for m in rows_g]),

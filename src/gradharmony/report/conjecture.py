@@ -52,10 +52,17 @@ def read_truth(shards) -> dict[str, dict]:
     return out
 
 
-def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict]) -> list[dict]:
+def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict],
+                  set_truths: list[dict | None] | None = None) -> list[dict]:
     """One row per logged (step, triplet) with ``cos``, ``loss_va``, ``loss_vt``, ``loss`` and
     the triplet's ground truth; ``ValueError`` when the run logged no keys (an older run) or
     one cosine per group rather than per triplet, or when a key has no ground truth.
+
+    ``set_truths``: the ground truth of each ``data.mixture`` set, for runs that logged the
+    set of each triplet (keys repeat across sets): a triplet is looked up in its own set
+    (its ``key`` and ``video`` become ``SET/KEY``, ``SET/VIDEO``), and the triplets of a set
+    given as ``None`` (e.g. a text-free set, whose cosine is 0 by construction) are left out.
+    Without logged sets, ``truth`` is used.
 
     Example:
         >>> import tempfile
@@ -86,8 +93,21 @@ def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict]) -> list[di
                              "need granularity=sample")
         zeros = np.zeros(keys.shape[0], np.float32)
         lva, lvt = rec.get("loss_va", zeros), rec.get("loss_vt", zeros)
+        sets = rec.get("sets") if set_truths is not None else None
         for j, key in enumerate(keys.tolist()):
-            t = truth.get(key)
+            if sets is None:
+                t = truth.get(key)
+            else:
+                s = int(sets[j])
+                if s >= len(set_truths):
+                    raise ValueError(f"run {str(run_dir)!r} logged mixture set {s}, but "
+                                     f"{len(set_truths)} set truths were given")
+                if set_truths[s] is None:
+                    continue
+                t = set_truths[s].get(key)
+                if t is not None:
+                    t = {**t, "video_id": f"{s}/{t.get('video_id', key)}"}
+                    key = f"{s}/{key}"
             if t is None:
                 missing.append(key)
                 continue

@@ -103,13 +103,14 @@ def _summary_line(values: dict) -> str:
                      for k, v in values.items())
 
 
-def _gather_keys(keys: list[str], ctx: DistContext) -> list[str]:
-    """The clip keys of the global batch, in the rows of the gathered per-triplet losses."""
-    keys = [str(k) for k in keys]
+def _gather_list(values, ctx: DistContext) -> list:
+    """A per-clip list of the global batch (clip keys, mixture sets), in the rows of the
+    gathered per-triplet losses."""
+    values = list(values)
     if not ctx.distributed:
-        return keys
+        return values
     parts: list = [None] * ctx.world_size
-    dist.all_gather_object(parts, keys)
+    dist.all_gather_object(parts, values)
     return [k for part in parts for k in part]
 
 
@@ -132,10 +133,11 @@ def _record(state: TrainState, outcome: StepOutcome, batch: dict, step: int,
                projected=stats.projected.detach().float().cpu().numpy(),
                clips=int(batch["video"].shape[0]) * state.ctx.world_size)
     if cfg.conflicts_every and step % cfg.conflicts_every == 0:
-        keys = _gather_keys(batch["key"], state.ctx) if "key" in batch else None
+        keys = _gather_list(map(str, batch["key"]), state.ctx) if "key" in batch else None
+        sets = _gather_list(batch["set"], state.ctx) if "set" in batch else None
         if log is not None:
             log.conflicts(step, outcome.cos, keys=keys, loss_va=outcome.per_triplet["va"],
-                          loss_vt=outcome.per_triplet["vt"])
+                          loss_vt=outcome.per_triplet["vt"], sets=sets)
     if not _every(step + 1, cfg.log_every, cfg):
         return None
     row = window.row(lr=outcome.lr, gamma=stats.gamma, counts=state.counts)

@@ -56,15 +56,19 @@ class RunLog:
                     self._tb.add_scalar(k, v, step)
 
     def conflicts(self, step: int, cos: np.ndarray, keys: list[str] | None = None,
-                  loss_va: np.ndarray | None = None, loss_vt: np.ndarray | None = None) -> None:
+                  loss_va: np.ndarray | None = None, loss_vt: np.ndarray | None = None,
+                  sets: list[int] | None = None) -> None:
         """Buffer the per-group cosines of one step (written at the next :meth:`flush`), with
-        the clip keys of the batch and the per-triplet losses when given (one per triplet,
-        in the batch's row order; at ``granularity="sample"`` row ``i`` of each is triplet
-        ``i`` of ``cos``)."""
+        the clip keys of the batch, the per-triplet losses and the mixture set of each clip
+        (``data.mixture`` index: keys repeat across sets) when given (one per triplet, in the
+        batch's row order; at ``granularity="sample"`` row ``i`` of each is triplet ``i`` of
+        ``cos``)."""
         t = int(step)
         self._cos[f"step_{t}"] = np.asarray(cos, dtype=np.float32)
         if keys is not None:
             self._cos[f"keys_{t}"] = np.asarray([str(k) for k in keys], dtype=np.str_)
+        if sets is not None:
+            self._cos[f"sets_{t}"] = np.asarray(sets, dtype=np.int64)
         for name, v in (("loss_va", loss_va), ("loss_vt", loss_vt)):
             if v is not None:
                 self._cos[f"{name}_{t}"] = np.asarray(v, dtype=np.float32)
@@ -120,9 +124,9 @@ def load_conflicts(run_dir: str | os.PathLike) -> dict[int, np.ndarray]:
 
 
 def load_conflict_records(run_dir: str | os.PathLike) -> dict[int, dict[str, np.ndarray]]:
-    """Every recorded step as ``{step: {"cos": ..., "keys": ..., "loss_va": ...,
-    "loss_vt": ...}}`` sorted by step; files written before keys and losses were logged
-    give ``{"cos": ...}`` only. Read with ``allow_pickle=False``: an archive holding pickled
+    """Every recorded step as ``{step: {"cos": ..., "keys": ..., "sets": ..., "loss_va": ...,
+    "loss_vt": ...}}`` sorted by step; files written before keys, sets and losses were
+    logged give ``{"cos": ...}`` only. Read with ``allow_pickle=False``: an archive holding pickled
     objects is refused.
 
     Example:

@@ -130,6 +130,18 @@ def _gather_cos(cos: torch.Tensor, ctx: DistContext, per_group_global: bool) -> 
     return cos.cpu().numpy()
 
 
+def _scores(state: TrainState, per: dict, rows: int) -> torch.Tensor | None:
+    """The ``small-loss`` ranking score of this rank's triplets: ``l_va + l_vt``."""
+    if state.harmonizer.method != "small-loss":
+        return None
+    total = (per["va"] + per["vt"]).detach()
+    ctx = state.ctx
+    if total.shape[0] != rows * ctx.world_size:
+        raise RuntimeError(f"small-loss: {total.shape[0]} per-triplet losses for "
+                           f"{ctx.world_size} ranks of {rows} triplets (unequal batches)")
+    return total[ctx.rank * rows:(ctx.rank + 1) * rows]
+
+
 def _backward(state: TrainState, batch: dict
               ) -> tuple[bool, torch.Tensor, dict, dict, HarmonizeStats | None]:
     """Forward, losses and harmonized backward; every rank takes the same branch (the losses
@@ -149,7 +161,8 @@ def _backward(state: TrainState, batch: dict
     stats = None
     if finite:
         stats = state.harmonizer.backward(losses, step=state.step,
-                                          batch_size=len(batch["video"]))
+                                          batch_size=len(batch["video"]),
+                                          scores=_scores(state, per, len(batch["video"])))
         finite = _agree(_grads_finite(state.params), ctx)
     del losses
     per = {k: v.detach().float().cpu().numpy() for k, v in per.items()}
