@@ -104,3 +104,65 @@ def test_report_has_the_conjecture_section(tmp_path):
     md = build_report([d], tmp_path / "rep").read_text()
     assert "## The conjecture during training" in md
     assert "| run | 30–39 | text_misaligned |" in md
+
+
+def test_training_rows_look_up_each_triplet_in_its_own_set(tmp_path):
+    log = RunLog(tmp_path, tensorboard=False)
+    log.conflicts(0, np.array([0.1, -0.2, 0.3]), keys=["a", "a", "b"], sets=[0, 1, 2],
+                  loss_va=np.ones(3), loss_vt=np.zeros(3))
+    log.close()
+    sets = [{"a": {"text_aligned": True, "video_id": "v"}},
+            {"a": {"text_aligned": False, "video_id": "v"}}, None]
+    rows = training_rows(tmp_path, {}, sets)
+    assert [(r["key"], r["video"], r["text_aligned"]) for r in rows] == \
+        [("0/a", "0/v", True), ("1/a", "1/v", False)]  # set 2 (None) is left out
+    with pytest.raises(ValueError, match="logged mixture set 2, but 2 set truths"):
+        training_rows(tmp_path, {}, sets[:2])
+    with pytest.raises(ValueError, match="no ground truth"):  # without sets: one truth for all
+        training_rows(tmp_path, {"a": {"text_aligned": True}})
+
+
+def test_a_mixture_run_logs_the_set_of_each_triplet(tmp_path):
+    """Two shard sets with the same keys and different truths: every logged (set, key) is a
+    clip of that set, both sets appear, and the rows take their own set's truth."""
+    import json
+
+    from gradharmony.data.writer import write_shards
+    from tests.test_evaluate_cli import MODEL, _clip
+
+    rng = np.random.default_rng(0)
+    for s in (0, 1):
+        write_shards([{"__key__": f"c{i:02d}", "mp4": _clip(i % 3, rng)[0], "txt": "a square",
+                       "json": {"text_aligned": bool((i + s) % 2), "video_id": f"v{i}",
+                                "origin": s}} for i in range(8)],
+                     tmp_path / f"set{s}", prefix="t", max_count=8)
+    kwargs = {k: v for k, v in MODEL.items()
+              if k not in ("video_frames", "video_size", "audio_seconds", "audio_rate",
+                           "vocab_size", "max_words", "num_candidates")}
+    mixture = ", ".join(f"{{shards: {tmp_path / f'set{s}'}, weight: 1.0, has_text: true}}"
+                        for s in (0, 1))
+    over = ["data.kind=shards", f"data.mixture=[{mixture}]", "data.frames=4", "data.fps=4.0",
+            "data.size=32", "data.crop=32", "data.audio_rate=8000", "data.clip_seconds=1.0",
+            "data.text_len=6", "data.candidates=1", "batch_size=8", "steps=3", "ckpt_every=3",
+            "log_every=1", "device=cpu", "model.preset=tiny", "optim.warmup_steps=1",
+            "data.shuffle_buffer=4", "granularity=sample", "method=gr", f"run_dir={tmp_path}",
+            "name=mix"]
+    over += [f"model.kwargs.{k}={json.dumps(v)}" for k, v in kwargs.items()]
+    pretrain(load_config(overrides=over), progress=False)
+    recs = load_conflict_records(tmp_path / "mix")
+    assert all(r["sets"].shape == r["keys"].shape == (8,) for r in recs.values())
+    truths = [read_truth(tmp_path / f"set{s}") for s in (0, 1)]
+    rows = training_rows(tmp_path / "mix", {}, truths)
+    assert len(rows) == 3 * 8 and {r["key"][0] for r in rows} == {"0", "1"}
+    for r in rows:
+        s, key = r["key"].split("/")
+        assert r["text_aligned"] == truths[int(s)][key]["text_aligned"]
+    # the report reads it the same way; the same logs without sets are refused (keys clash)
+    from gradharmony.report.conjecture import TruthClash, conjecture_table
+
+    assert len(conjecture_table([tmp_path / "mix"], stages=1, n_boot=10)) > 2
+    for f in (tmp_path / "mix" / "conflicts").glob("cos_*.npz"):
+        z = dict(np.load(f))
+        np.savez(f, **{k: v for k, v in z.items() if not k.startswith("sets_")})
+    with pytest.raises(TruthClash, match="do not tell the set"):
+        conjecture_table([tmp_path / "mix"], stages=1, n_boot=10)

@@ -394,3 +394,25 @@ def test_claim_5_gamma_schedules_both_ways():
     assert status((3.0, 3.1, 2.8), collapsed) == "does not hold"  # (0, 0) beats CL
     assert status((-3.0, -3.1, -2.8), (35.0, 36.1, 37.2)) == "does not hold"  # no collapse
     assert status((-3.0, 3.1, 0.0), collapsed) == "not resolved at this scale"
+
+
+@pytest.mark.slow
+def test_a_recorded_row_asked_to_fine_tune_is_fine_tuned_and_compared(tiny_data, copy):
+    path = copy / "rec" / "table1" / "baseline-s0.json"
+    first = json.loads(path.read_text())
+    assert "finetune" not in first["eval"]
+    done, logs = _run(tiny_data, copy, finetune=("baseline",))
+    assert done["recorded"] == ["baseline-s0"]
+    assert any("recorded without fine-tuning" in m for m in logs)
+    again = json.loads(path.read_text())
+    assert set(again["eval"]["finetune"]) == {"video_action", "audio_sound"}
+    assert again["retrained"].startswith("trained again: the same retrieval and probe")
+    done, _ = _run(tiny_data, copy, finetune=("baseline",))
+    assert done["skipped"] == ["baseline-s0"]  # fine-tuned now: nothing more to do
+
+
+def test_retrain_note_names_what_moved():
+    old = {"eval": {"retrieval": {"R@10": 1.0}, "probe": {"a": 2.0}}}
+    new = {"eval": {"retrieval": {"R@10": 1.5}, "probe": {"a": 2.0}, "finetune": {}}}
+    note = study.retrain_note(old, new)
+    assert "retrieval differ" in note and "probe" not in note.split("differ")[0]

@@ -143,3 +143,17 @@ def test_metrics_window_averages_the_steps_since_the_last_row():
     w.add(loss=1.0, loss_va=1.0, loss_vt=0.0, cos=np.array([0.2]), kept=np.array([1.0]),
           projected=np.array([0.0]), clips=1)
     assert w.row(lr=0.5, gamma=0.0, counts={})["loss"] == 1.0
+
+
+def test_small_loss_step_drops_the_highest_loss_triplets_in_cls_number():
+    state = _state("small-loss", gamma=0.0, granularity="sample")
+    cl = _state("cl", gamma=0.0, granularity="sample")
+    batch = _batch()
+    out = train_step(state, batch)
+    ref = train_step(cl, batch)  # the same weights and batch: CL's decision on the same cosines
+    np.testing.assert_allclose(out.cos, ref.cos, rtol=1e-5, atol=1e-6)
+    n_drop = int((~ref.stats.kept).sum())
+    assert 0 < n_drop < 8  # the test exercises a partial drop
+    loss = out.per_triplet["va"] + out.per_triplet["vt"]
+    dropped = set(np.flatnonzero(~out.stats.kept.numpy()).tolist())
+    assert dropped == set(np.argsort(-loss, kind="stable")[:n_drop].tolist())

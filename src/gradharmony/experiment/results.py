@@ -226,6 +226,30 @@ def small_loss_section(by) -> list[str]:
     return out + pair_table(by, "small-loss", "cl", list(SUMMARY_METRICS))
 
 
+def cost_section(records: list[dict]) -> list[str]:
+    """Markdown: what the recorded training cost (wall time of each run's training, from the
+    records; evaluation not included).
+
+    Example:
+        >>> cost_section([{"train": {"wall_s": 3600.0}}, {"train": {"wall_s": 1800.0}}])[2]
+        '- 2 runs trained for 1.50 h in all (0.75 h, 45 min per run on average).'
+    """
+    walls = [r.get("train", {}).get("wall_s") for r in records]
+    walls = [w for w in walls if w]
+    if not walls:
+        return []
+    total, mean = sum(walls), sum(walls) / len(walls)
+    return ["## Cost", "",
+            f"- {len(walls)} runs trained for {total / 3600:.2f} h in all ({mean / 3600:.2f} h, "
+            f"{mean / 60:.0f} min per run on average).",
+            "- Each run trains with one thread; the study runs two at a time on the 2-core "
+            "machine (`--seeds`/`--only` split it between processes), so its wall time is "
+            "about half the total above, plus evaluation (a few minutes per run). "
+            "Trade-offs made to fit: a 2-layer, 128-wide model, 200 steps of 32 clips, 3 "
+            "seeds, one data seed per setting; Table 3 at fewer seeds when time is short.",
+            ""]
+
+
 def scale(records: list[dict]) -> str:
     """The size of the recorded runs, read from the first record's resolved config.
 
@@ -322,6 +346,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
            "Positive class: misaligned triplets (narration or sound), from the logged "
            "per-triplet cosines and losses of training (train mode, the batches training "
            "saw).", "", *conjecture_section(records)]
+    md += cost_section(records)
     md += ["## Verdicts", "", "Rules: see `gradharmony.experiment.verdicts` (a comparison "
            "counts only where its 95 % interval excludes 0).", ""]
     for v in verdicts(records, expected):

@@ -119,65 +119,35 @@ def _eval(run_dir: Path, eval_data: str, step: int, log, tasks: str = EVAL_TASKS
     return json.loads(path.read_text())
 
 
-def merge_truth(truths: list[dict]) -> tuple[dict, list[str]]:
-    """The ground truth of several training sets by clip key, and the keys that two sets
-    give different ground truth (the logged keys do not name their set, so such a key has
-    none of its own).
-
-    Example:
-        >>> merge_truth([{"a": {"text_aligned": True}, "b": {"text_aligned": True}},
-        ...              {"a": {"text_aligned": True}, "b": {"text_aligned": False}}])[1]
-        ['b']
-    """
-    merged: dict = {}
-    clash = set()
-    for truth in truths:
-        for key, value in truth.items():
-            if key in merged and merged[key] != value:
-                clash.add(key)
-            merged.setdefault(key, value)
-    return merged, sorted(clash)
-
-
 def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
                  stages: int = STAGES, n_boot: int = 200, truth_cache: dict | None = None
                  ) -> dict:
     """The record of a trained run of ``exp`` (its evaluation must be in ``eval.json``)."""
     from gradharmony.experiment.records import config_sha256
     from gradharmony.report.conjecture import (
-        read_truth,
+        TruthClash,
+        run_rows,
         stage_aurocs,
-        training_rows,
         training_truth_paths,
     )
-    from gradharmony.train.rundir import load_conflict_records, read_metrics
+    from gradharmony.train.rundir import load_conflicts, read_metrics
 
     resolved = exp.resolved(spec)
     run_dir = exp.run_dir(spec)
     meta = json.loads((run_dir / "experiment.json").read_text())
     result = json.loads((run_dir / "eval.json").read_text())
     paths = training_truth_paths(resolved)
-    cache = truth_cache if truth_cache is not None else {}
-    for p in paths:
-        if p not in cache:
-            cache[p] = read_truth(p)
-    truth, clash = merge_truth([cache[p] for p in paths])
-    logged = load_conflict_records(run_dir)
-    cos = {t: r["cos"] for t, r in logged.items()}
-    by_set = bool(logged) and all("sets" in r for r in logged.values())
-    set_truths = [cache[str(m["shards"])] if m.get("has_text", True) else None
-                  for m in resolved["data"]["mixture"]]
+    cos = load_conflicts(run_dir)
     conj, note = None, None
     if resolved.get("granularity") != "sample":
         note = (f"no AUROC: granularity={resolved.get('granularity')} logs one cosine per "
                 "batch or group, not one per triplet")
-    elif clash and not by_set:
-        note = (f"no AUROC: {len(clash)} clip keys (e.g. {clash[0]!r}) name clips of "
-                "different ground truth in two training sets, and the logged keys do not "
-                "tell the set")
     else:
-        rows = training_rows(run_dir, truth, set_truths if by_set else None)
-        conj = compact_aurocs(stage_aurocs(rows, stages, n_boot=n_boot, seed=0))
+        try:
+            rows = run_rows(run_dir, resolved, truth_cache)
+            conj = compact_aurocs(stage_aurocs(rows, stages, n_boot=n_boot, seed=0))
+        except TruthClash as err:
+            note = f"no AUROC: {err}"
     summary = meta.get("summary", {})
     return {"format": 1, "table": table, "run": spec.name, "row": run_row(spec.name),
             "setting": run_setting(spec.name), "method": resolved.get("method"),

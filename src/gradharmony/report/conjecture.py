@@ -160,6 +160,57 @@ def training_truth_paths(config: dict) -> list[str]:
     return [str(m["shards"]) for m in mixture if m.get("shards")]
 
 
+class TruthClash(ValueError):
+    """Clip keys that name clips of different ground truth in two training sets, in a run
+    that did not log the set of each triplet."""
+
+
+def merge_truth(truths: list[dict]) -> tuple[dict, list[str]]:
+    """The ground truth of several training sets by clip key, and the keys that two sets
+    give different ground truth (such a key has none of its own without the set).
+
+    Example:
+        >>> merge_truth([{"a": {"text_aligned": True}, "b": {"text_aligned": True}},
+        ...              {"a": {"text_aligned": True}, "b": {"text_aligned": False}}])[1]
+        ['b']
+    """
+    merged: dict = {}
+    clash = set()
+    for truth in truths:
+        for key, value in truth.items():
+            if key in merged and merged[key] != value:
+                clash.add(key)
+            merged.setdefault(key, value)
+    return merged, sorted(clash)
+
+
+def run_rows(run_dir: str | os.PathLike, config: dict, cache: dict | None = None
+             ) -> list[dict]:
+    """:func:`training_rows` of a run with each triplet's own ground truth, read from the
+    training sets of ``config`` (``cache``: path -> truth, filled as read). A run that logged
+    the mixture set of each triplet is looked up set by set (text-free sets left out);
+    otherwise the sets' truths are merged, and :class:`TruthClash` is raised when a key
+    names clips of different truth in two sets.
+    """
+    from gradharmony.train.rundir import load_conflict_records
+
+    cache = {} if cache is None else cache
+    mixture = (config.get("data") or {}).get("mixture") or []
+    for m in mixture:
+        if str(m["shards"]) not in cache:
+            cache[str(m["shards"])] = read_truth(str(m["shards"]))
+    logged = load_conflict_records(run_dir)
+    if logged and all("sets" in r for r in logged.values()):
+        sets = [cache[str(m["shards"])] if m.get("has_text", True) else None for m in mixture]
+        return training_rows(run_dir, {}, sets)
+    truth, clash = merge_truth([cache[str(m["shards"])] for m in mixture])
+    if clash:
+        raise TruthClash(f"{len(clash)} clip keys (e.g. {clash[0]!r}) name clips of different "
+                         "ground truth in two training sets, and the logged keys do not tell "
+                         "the set")
+    return training_rows(run_dir, truth)
+
+
 def conjecture_table(run_dirs: list[str | Path], truth: dict[str, dict] | None = None,
                      stages: int = 4, n_boot: int = 200, seed: int = 0,
                      targets: tuple[str, ...] | None = None) -> list[str]:
@@ -173,11 +224,12 @@ def conjecture_table(run_dirs: list[str | Path], truth: dict[str, dict] | None =
              "|---|---|---|---|---|---|"]
     for d in run_dirs:
         d = Path(d)
-        t = truth
-        if t is None:
+        if truth is None:
             cfg = OmegaConf.to_container(OmegaConf.load(d / "config.yaml"), resolve=True)
-            t = read_truth(training_truth_paths(cfg))
-        for st in stage_aurocs(training_rows(d, t), stages, n_boot, seed):
+            rows = run_rows(d, cfg)
+        else:
+            rows = training_rows(d, truth)
+        for st in stage_aurocs(rows, stages, n_boot, seed):
             for target, scores in st["auroc"].items():
                 if targets is not None and target not in targets:
                     continue
