@@ -166,8 +166,8 @@ def test_bad_names_are_input_errors(tmp_path):
 
     with pytest.raises(InputError, match="--only: unknown run or method \\['nosuch'\\]"):
         main(["table1", "--only", "gr,nosuch", "--no-train"])
-    with pytest.raises(InputError, match="unknown experiment 'table3'"):
-        main(["table3"])
+    with pytest.raises(InputError, match="unknown experiment 'table4'"):
+        main(["table4"])
     with pytest.raises(InputError, match="--seeds: expected a comma list"):
         main(["table2", "--seeds", "x"])
     (tmp_path / "noisy").mkdir()

@@ -271,6 +271,27 @@ def scale(records: list[dict]) -> str:
             f"clips, {seeds} seed(s)")
 
 
+def data_section() -> list[str]:
+    """Markdown: the data folders, how each is made, and what every table trains on."""
+    return ["## Data and runs", "",
+            "`DATA` (default `data/study`) holds one folder per data set, each made by "
+            "`gradharmony make-data synthetic` (`--make-data` runs what is missing):", "",
+            *[f"- `{c}`" for c in make_data_commands("DATA")], "",
+            "Table 1: every method (sample granularity), `both-batch` (batch granularity, the "
+            "paper's Algorithm 1 as written) on `noisy/train`, and `clean-baseline` on "
+            "`clean/train` (the same videos, aligned). Table 2 (`gradharmony experiment "
+            "table2`): `mix` trains on `noisy/train` + `sound/train` as a text-free set "
+            "(`has_text: false`, the video–audio loss only), `wild` adds `wild/train` (more "
+            "text and audio noise), equal weights. The γ runs (`gradharmony experiment "
+            "gamma`): `cl-g0` is CL with (γ0, γ_end) = (0, 0). `small-loss` (in Table 1, beyond "
+            "the paper) drops at every step as many triplets as CL's threshold would, but those "
+            "of the highest loss l_va + l_vt. Table 3 (`gradharmony experiment table3`): "
+            "`ms-*` is the modality-specific model (`model.modality_agnostic=false`: one "
+            "backbone per modality, so the two losses share only the video backbone) on "
+            "`noisy/train`. Every run is evaluated with `gradharmony eval --tasks "
+            "retrieval,probe --data DATA/noisy`.", ""]
+
+
 def render(records: list[dict], expected: dict[str, list[str]], command: str,
            figure: str | None = None) -> str:
     """The document's markdown from ``records``; ``expected``: every table's run names;
@@ -299,23 +320,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
           "directions.", "",
           f"Records: {len(records)} of {len(names)} expected runs."
           + (f" Missing: {compact_names(missing)}." if missing else ""), ""]
-    md += ["## Data and runs", "",
-           "`DATA` (default `data/study`) holds one folder per data set, each made by "
-           "`gradharmony make-data synthetic` (`--make-data` runs what is missing):", "",
-           *[f"- `{c}`" for c in make_data_commands("DATA")], "",
-           "Table 1: every method (sample granularity), `both-batch` (batch granularity, the "
-           "paper's Algorithm 1 as written) on `noisy/train`, and `clean-baseline` on "
-           "`clean/train` (the same videos, aligned). Table 2 (`gradharmony experiment "
-           "table2`): `mix` trains on `noisy/train` + `sound/train` as a text-free set "
-           "(`has_text: false`, the video–audio loss only), `wild` adds `wild/train` (more "
-           "text and audio noise), equal weights. The γ runs (`gradharmony experiment "
-           "gamma`): `cl-g0` is CL with (γ0, γ_end) = (0, 0). `small-loss` (in Table 1, beyond "
-           "the paper) drops at every step as many triplets as CL's threshold would, but those "
-           "of the highest loss l_va + l_vt. Table 3 (`gradharmony experiment table3`): "
-           "`ms-*` is the modality-specific model (`model.modality_agnostic=false`: one "
-           "backbone per modality, so the two losses share only the video backbone) on "
-           "`noisy/train`. Every run is evaluated with `gradharmony eval --tasks "
-           "retrieval,probe --data DATA/noisy`.", ""]
+    md += data_section()
     md += ["## Table 1: methods on the noisy study data", ""]
     md += metric_table(by, TABLE1_ROWS, list(RUN_METRICS))
     tuned = {run_row(r["run"]) for r in records if r.get("eval", {}).get("finetune")}
