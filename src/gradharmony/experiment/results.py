@@ -393,6 +393,10 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     md += ["Fine-tuning (the rows fine-tuned, `--finetune`; top-1 on the action and sound "
            "test splits):", ""]
     md += metric_table(by, [r for r in TABLE1_ROWS if r in tuned], list(FINETUNE_METRICS))
+    again = sorted((r["run"], r["retrained"]) for r in records if r.get("retrained"))
+    if again:
+        md += ["Runs trained again to be fine-tuned (each record holds the new run):", "",
+               *[f"- {run}: {note}" for run, note in again], ""]
     md += ["## Table 2: noisier data (baseline, GR, CL, Both)", "",
            "Settings: `noisy` (Table 1's runs), `mix` (+ a text-free sound set, "
            "`has_text: false`), `wild` (+ a wilder narrated set).", ""]
