@@ -201,7 +201,7 @@ def conjecture_section(records) -> list[str]:
                     cells.append(cell([a[0] for a in v if a], 3))
             st = recs[0]["conjecture"][i]["steps"]
             out.append(f"| {r} | {st[0]}–{st[1]} | " + " | ".join(cells) + " |")
-    notes = sorted({f"{x['row']}: {x['conjecture_note']}" for x in records
+    notes = sorted({f"{x['run']}: {x['conjecture_note']}" for x in records
                     if x.get("conjecture_note")})
     out = [*out, ""] if len(out) > 2 else ["(no records with AUROCs yet)", ""]
     return out + [f"- {n}" for n in notes] + ([""] if notes else [])
