@@ -312,7 +312,7 @@ def cost_section(records: list[dict]) -> list[str]:
             "machine (`--seeds`/`--only` split it between processes), so its wall time is "
             "about half the total above, plus evaluation (a few minutes per run). "
             "Trade-offs made to fit: a 2-layer, 128-wide model, 200 steps of 32 clips, 3 "
-            "seeds, one data seed per setting; Table 3 at fewer seeds when time is short.",
+            "seeds, one data seed per setting.",
             ""]
 
 
