@@ -150,14 +150,15 @@ def test_fake_records_render_every_section_and_the_regenerate_command(tmp_path):
     expected = study.expected_runs("D", (0, 1, 2))
     doc = write_results(tmp_path / "rec", tmp_path / "docs" / "results.md", expected, "CMD X")
     md = doc.read_text()
-    for head in ("## Table 1", "## Table 2", "## γ schedules", "## Figure 4",
-                 "## Mean cosine per data setting", "## The conjecture over training",
+    for head in ("## Table 1", "## Table 2", "## γ schedules", "## Figure 4", "## Table 3",
+                 "## Beyond the paper", "## What may explain", "## Mean cosine per data setting",
+                 "## The conjecture over training",
                  "## Verdicts", "CMD X"):
         assert head in md, head
     assert "![Figure 4](../rec/figure4.png)" in md
     assert (tmp_path / "rec" / "figure4.png").stat().st_size > 1000
     assert "runs missing (" in md and "cl-g0-s{0,1,2}" in md
-    assert "- mix-cl: no AUROC: keys clash" in md and "| mix-cl | 1 |" in md
+    assert "- mix-cl-s0: no AUROC: keys clash" in md and "| mix-cl | 1 |" in md
     assert render(recs, expected, "CMD X", "../rec/figure4.png") == md  # pure in the records
 
 

@@ -365,7 +365,7 @@ def render(records: list[dict], expected: dict[str, list[str]], command: str,
     by = by_name(records)
     names = [n for runs in expected.values() for n in runs]
     missing = [n for n in names if n not in by]
-    md = ["# Results: the paper's Tables 1 and 2 on the study preset", "",
+    md = ["# Results: the paper's Tables 1, 2 and 3 on the study preset", "",
           "Generated from the run records in the records folder (never edited by hand). "
           "Regenerate it (no training) with:", "", "```bash", command, "```", "",
           "Train, evaluate and record what is missing (a recorded run is skipped; a "
