@@ -107,7 +107,8 @@ class Harmonizer:
         model: the module whose trainable parameters receive the update (tied parameters:
             the contributions of every use are summed). ``nn.Embedding`` with
             ``sparse``/``scale_grad_by_freq``/``max_norm`` is rejected (all offenders named).
-        method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both``. ``gr`` is Algorithm 1
+        method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both | small-loss``. ``gr`` is
+            Algorithm 1
             for two losses and PCGrad (random pairwise order, seeded) for more. ``cl`` drops a
             group when ``cos <= gamma``; ``both`` also projects when ``gamma < cos < 0``.
             ``small-loss`` drops as many groups as ``cl`` would, choosing those of the
