@@ -108,9 +108,9 @@ class Harmonizer:
             the contributions of every use are summed). ``nn.Embedding`` with
             ``sparse``/``scale_grad_by_freq``/``max_norm`` is rejected (all offenders named).
         method: ``baseline | rw-va | rw-vt | gr | gradvac | cl | both | small-loss``. ``gr`` is
-            Algorithm 1
-            for two losses and PCGrad (random pairwise order, seeded) for more. ``cl`` drops a
-            group when ``cos <= gamma``; ``both`` also projects when ``gamma < cos < 0``.
+            Algorithm 1 for two losses and PCGrad (random pairwise order, seeded) for more.
+            ``cl`` drops a group when ``cos <= gamma``; ``both`` also projects when
+            ``gamma < cos < 0``.
             ``small-loss`` drops as many groups as ``cl`` would, choosing those of the
             highest ``scores`` (per-triplet losses, given to :meth:`backward`).
         granularity: ``"batch"`` (one group: the paper's Algorithm 1 on the whole batch, under
