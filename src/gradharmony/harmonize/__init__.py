@@ -15,6 +15,7 @@ from ._convert import LinearMultiheadAttention, convert_multihead_attention
 from ._functional import cosine, gram_cosine, realign
 from ._harmonizer import Harmonizer, HarmonizeStats
 from ._methods import (
+    DROPPING_METHODS,
     METHODS,
     GammaSchedule,
     GradVac,
@@ -27,6 +28,7 @@ from ._methods import (
 from ._rules import register_rule
 
 __all__ = [
+    "DROPPING_METHODS",
     "METHODS",
     "GammaSchedule",
     "GradVac",

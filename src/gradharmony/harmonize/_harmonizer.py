@@ -27,6 +27,7 @@ from ._layers import (
     same_function_rule,
 )
 from ._methods import (
+    DROPPING_METHODS,
     METHODS,
     GammaSchedule,
     GradVac,
@@ -173,7 +174,7 @@ class Harmonizer:
             raise ValueError(f"strategy must be auto|ghost|materialize, got {strategy!r}")
         self.strategy, self.keep_bytes, self.measure = strategy, keep_bytes, measure
         g0, g1 = (gamma, gamma) if isinstance(gamma, int | float) else tuple(gamma)
-        if method not in ("cl", "both", "small-loss") and total_steps is None:
+        if method not in DROPPING_METHODS and total_steps is None:
             g1 = g0  # gamma is only reported; no schedule needed
         self.schedule = GammaSchedule(g0, g1, total_steps)
         self.generator = torch.Generator().manual_seed(seed)

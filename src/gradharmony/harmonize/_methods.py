@@ -17,6 +17,8 @@ from gradharmony._dist import multi_rank
 from ._functional import gram_cosine
 
 METHODS = ("baseline", "rw-va", "rw-vt", "gr", "gradvac", "cl", "both", "small-loss")
+#: the methods that drop groups under the gamma schedule
+DROPPING_METHODS = ("cl", "both", "small-loss")
 
 
 def _check_gram(gram: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradharmony.harmonize import DROPPING_METHODS
 from gradharmony.report.figures import (
     plot_conflict_distribution,
     plot_contact_sheet,
@@ -149,7 +150,7 @@ def _conflict_figures(runs: list[RunRecord], labels: list[str], out: Path
         pooled[lab] = np.concatenate([np.concatenate(list(c.values())) for c in confs])
     gammas = {}
     for r, lab in with_cos:
-        if r.method in ("cl", "both", "small-loss") and lab not in gammas:
+        if r.method in DROPPING_METHODS and lab not in gammas:
             rows_g = [m for m in r.metrics if "gamma" in m]
             if rows_g:
                 gammas[lab] = (np.array([m["step"] for m in rows_g]),
