@@ -130,21 +130,22 @@ def build_record(table: str, exp: Experiment, spec: RunSpec, eval_data: str,
         stage_aurocs,
         training_truth_paths,
     )
-    from gradharmony.train.rundir import load_conflicts, read_metrics
+    from gradharmony.train.rundir import load_conflict_records, read_metrics
 
     resolved = exp.resolved(spec)
     run_dir = exp.run_dir(spec)
     meta = json.loads((run_dir / "experiment.json").read_text())
     result = json.loads((run_dir / "eval.json").read_text())
     paths = training_truth_paths(resolved)
-    cos = load_conflicts(run_dir)
+    logged = load_conflict_records(run_dir)
+    cos = {t: r["cos"] for t, r in logged.items()}
     conj, note = None, None
     if resolved.get("granularity") != "sample":
         note = (f"no AUROC: granularity={resolved.get('granularity')} logs one cosine per "
                 "batch or group, not one per triplet")
     else:
         try:
-            rows = run_rows(run_dir, resolved, truth_cache)
+            rows = run_rows(run_dir, resolved, truth_cache, logged)
             conj = compact_aurocs(stage_aurocs(rows, stages, n_boot=n_boot, seed=0))
         except TruthClash as err:
             note = f"no AUROC: {err}"

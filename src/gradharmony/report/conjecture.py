@@ -53,7 +53,8 @@ def read_truth(shards) -> dict[str, dict]:
 
 
 def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict],
-                  set_truths: list[dict | None] | None = None) -> list[dict]:
+                  set_truths: list[dict | None] | None = None,
+                  logged: dict | None = None) -> list[dict]:
     """One row per logged (step, triplet) with ``cos``, ``loss_va``, ``loss_vt``, ``loss`` and
     the triplet's ground truth; ``ValueError`` when the run logged no keys (an older run) or
     one cosine per group rather than per triplet, or when a key has no ground truth.
@@ -62,7 +63,8 @@ def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict],
     set of each triplet (keys repeat across sets): a triplet is looked up in its own set
     (its ``key`` and ``video`` become ``SET/KEY``, ``SET/VIDEO``), and the triplets of a set
     given as ``None`` (e.g. a text-free set, whose cosine is 0 by construction) are left out.
-    Without logged sets, ``truth`` is used.
+    Without logged sets, ``truth`` is used. ``logged``: the run's
+    :func:`~gradharmony.train.rundir.load_conflict_records`, when already read.
 
     Example:
         >>> import tempfile
@@ -76,7 +78,7 @@ def training_rows(run_dir: str | os.PathLike, truth: dict[str, dict],
     """
     from gradharmony.train.rundir import load_conflict_records
 
-    records = load_conflict_records(run_dir)
+    records = load_conflict_records(run_dir) if logged is None else logged
     if not records:
         raise ValueError(f"run {str(run_dir)!r} logged no cosines (conflicts/ is empty)")
     rows: list[dict] = []
@@ -184,13 +186,13 @@ def merge_truth(truths: list[dict]) -> tuple[dict, list[str]]:
     return merged, sorted(clash)
 
 
-def run_rows(run_dir: str | os.PathLike, config: dict, cache: dict | None = None
-             ) -> list[dict]:
+def run_rows(run_dir: str | os.PathLike, config: dict, cache: dict | None = None,
+             logged: dict | None = None) -> list[dict]:
     """:func:`training_rows` of a run with each triplet's own ground truth, read from the
     training sets of ``config`` (``cache``: path -> truth, filled as read). A run that logged
     the mixture set of each triplet is looked up set by set (text-free sets left out);
     otherwise the sets' truths are merged, and :class:`TruthClash` is raised when a key
-    names clips of different truth in two sets.
+    names clips of different truth in two sets. ``logged``: as for :func:`training_rows`.
     """
     from gradharmony.train.rundir import load_conflict_records
 
@@ -199,16 +201,16 @@ def run_rows(run_dir: str | os.PathLike, config: dict, cache: dict | None = None
     for m in mixture:
         if str(m["shards"]) not in cache:
             cache[str(m["shards"])] = read_truth(str(m["shards"]))
-    logged = load_conflict_records(run_dir)
+    logged = load_conflict_records(run_dir) if logged is None else logged
     if logged and all("sets" in r for r in logged.values()):
         sets = [cache[str(m["shards"])] if m.get("has_text", True) else None for m in mixture]
-        return training_rows(run_dir, {}, sets)
+        return training_rows(run_dir, {}, sets, logged)
     truth, clash = merge_truth([cache[str(m["shards"])] for m in mixture])
     if clash:
         raise TruthClash(f"{len(clash)} clip keys (e.g. {clash[0]!r}) name clips of different "
                          "ground truth in two training sets, and the logged keys do not tell "
                          "the set")
-    return training_rows(run_dir, truth)
+    return training_rows(run_dir, truth, logged=logged)
 
 
 def conjecture_table(run_dirs: list[str | Path], truth: dict[str, dict] | None = None,
