@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradharmony.harmonize import _graph, _layers
+from gradharmony.harmonize import Harmonizer, _graph, _layers
 from tests.harmonize_oracle import check_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,3 +136,29 @@ def test_ghost_gramian_over_calls_reached_by_different_losses(monkeypatch, strat
                 strategy=strategy)  # fmt: skip
     if strategy == "ghost":
         assert any(swapped) and not all(swapped)
+
+
+def test_gradients_are_handed_over_without_copies_and_never_shared():
+    """Empty ``p.grad`` take the freshly computed update itself: no two parameters' gradients
+    share memory, and changing one in place (as an optimizer may) leaves the others and a
+    second step's accumulation correct."""
+    model = _perturbed(Uneven())
+    x = torch.randn(4, 3, 4)
+
+    def losses():
+        va, vt = model(x)
+        return {"va": (va - 1).pow(2).mean(), "vt": vt.sin().sum()}
+
+    harm = Harmonizer(model, method="gr", granularity="sample")
+    harm.backward(losses())
+    grads = [p.grad for p in model.parameters()]
+    starts = [g.data_ptr() for g in grads]
+    assert len(set(starts)) == len(starts)
+    reference = [g.clone() for g in grads]
+    grads[0].zero_()
+    assert all(torch.equal(g, r) for g, r in zip(grads[1:], reference[1:]))
+    model.zero_grad(set_to_none=True)
+    harm.backward(losses())
+    harm.backward(losses())  # accumulates into the gradients the first backward handed over
+    pairs = zip(model.parameters(), reference)
+    assert all(torch.allclose(p.grad, 2 * r, atol=1e-6) for p, r in pairs)

@@ -21,6 +21,7 @@ from ._layers import (
     _NORM,
     Call,
     EmbeddingWork,
+    Scratch,
     _combine,
     _stacked_gram,
     batchnorm_stats,
@@ -492,13 +493,14 @@ class Harmonizer:
         by_module: dict[tuple, list[Call]] = {}
         for c in records:
             by_module.setdefault((c.module, c.rule), []).append(c)
-        budget = [self.keep_bytes]
+        budget, scratch = [self.keep_bytes], Scratch()
         works = []
         for (m, rule), calls in by_module.items():
             dense = [n for n in calls[0].covers if id(m.get_parameter(n)) in cov.dense]
             if len({r for mod, r in by_module if mod is m}) > 1:
                 dense = list(calls[0].covers)  # one module, two rules: sum their parts
             works.append(rule(m, calls, G, L, self.strategy, budget, dense))
+            works[-1].scratch = scratch
         self._records = []
         edges = [e for c in records for e in c.edges] + landings.edges
         grads = OutputGradients(tensors, edges)
@@ -724,13 +726,19 @@ class Harmonizer:
         return pcgrad_weights(gram, self.generator)
 
     def _write(self, grads: list[Tensor]) -> None:
+        """Accumulate ``grads`` into ``p.grad``; an empty ``p.grad`` takes the tensor itself
+        (every update is computed fresh for this step) unless it shares memory with one
+        already handed out."""
+        taken = set()
         with torch.no_grad():
             for p, g in zip(self.params, grads):
                 g = g.to(dtype=p.dtype, device=p.device).reshape(p.shape)
-                if p.grad is None:
-                    p.grad = g.clone()
-                else:
+                if p.grad is not None:
                     p.grad.add_(g)
+                    continue
+                start = g.data_ptr()
+                p.grad = g if start not in taken and g.is_contiguous() else g.clone()
+                taken.add(start)
 
 
 def _node_of(t: Tensor):
