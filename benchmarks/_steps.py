@@ -11,8 +11,9 @@ import time
 from gradharmony.harmonize import Harmonizer
 
 
-def make_step(model, method, granularity, losses_of):
-    """A function of a batch that computes the gradients of ``losses_of(model, batch)``."""
+def make_step(model, method, granularity, losses_of, **options):
+    """A function of a batch that computes the gradients of ``losses_of(model, batch)``
+    (``options``: further Harmonizer arguments)."""
     if method == "plain":
 
         def step(batch):
@@ -22,7 +23,7 @@ def make_step(model, method, granularity, losses_of):
         return step
 
     def step(batch):
-        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3)
+        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3, **options)
         try:
             model.zero_grad(set_to_none=True)
             harm.backward(losses_of(model, batch))
