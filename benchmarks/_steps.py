@@ -11,9 +11,8 @@ import time
 from gradharmony.harmonize import Harmonizer
 
 
-def make_step(model, method, granularity, losses_of, **options):
-    """A function of a batch that computes the gradients of ``losses_of(model, batch)``
-    (``options``: further Harmonizer arguments)."""
+def make_step(model, method, granularity, losses_of):
+    """A function of a batch that computes the gradients of ``losses_of(model, batch)``."""
     if method == "plain":
 
         def step(batch):
@@ -23,7 +22,7 @@ def make_step(model, method, granularity, losses_of, **options):
         return step
 
     def step(batch):
-        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3, **options)
+        harm = Harmonizer(model, method=method, granularity=granularity, gamma=-0.3)
         try:
             model.zero_grad(set_to_none=True)
             harm.backward(losses_of(model, batch))

@@ -41,11 +41,9 @@ from gradharmony.harmonize import convert_multihead_attention
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from library_models import import_library  # noqa: E402
 
-#: (method, granularity, attention converted to nn.Linear projections, low_memory)
-CONFIGS = [("plain", None, False, False), ("both", "sample", False, False),
-           ("both", "batch", False, False), ("plain", None, True, False),
-           ("both", "sample", True, False), ("both", "batch", True, False),
-           ("both", "sample", True, True)]
+#: (method, granularity, attention converted to nn.Linear projections)
+CONFIGS = [("plain", None, False), ("both", "sample", False), ("both", "batch", False),
+           ("plain", None, True), ("both", "sample", True), ("both", "batch", True)]
 
 
 #: open_clip CLIP configurations (see the module docstring)
@@ -90,23 +88,21 @@ def losses_of(model, batch) -> dict:
     return {"clip": contrastive(img, txt, scale), "ssl": contrastive(img, img2, 10.0)}
 
 
-def make_step(model, method, granularity, low_memory=False):
-    options = {"low_memory": True} if low_memory else {}
-    return harmonized_step(model, method, granularity, losses_of, **options)
+def make_step(model, method, granularity):
+    return harmonized_step(model, method, granularity, losses_of)
 
 
 def measure_memory(args) -> None:
     """Child process: print the peak RSS increase (MiB) of one step of one configuration."""
-    index, shape = args.memory
-    method, gran, converted, low = CONFIGS[int(index)]
-    model, batch = setup(args, converted, shape)
-    step = make_step(model, method, gran, low)
+    method, gran, converted, shape = args.memory
+    model, batch = setup(args, converted == "True", shape)
+    step = make_step(model, method, None if gran == "None" else gran)
     print(json.dumps({"peak_mib": peak_rss_increase_mib(step, batch)}))
 
 
-def memory_of(args, shape, config, live: bool = False) -> float:
+def memory_of(args, shape, method, gran, converted, live: bool = False) -> float:
     cmd = [sys.executable, __file__, "--batch", str(args.batch), "--threads", str(args.threads),
-           "--memory", str(CONFIGS.index(config)), shape]  # fmt: skip
+           "--memory", method, str(gran), str(converted), shape]  # fmt: skip
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072") if live else None
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
@@ -122,7 +118,7 @@ def measure_shape(args, shape: str) -> None:
     models = {}
     for converted in (False, True):
         models[converted], batch = setup(args, converted, shape)
-    steps = {c: make_step(models[c[2]], c[0], c[1], c[3]) for c in CONFIGS}
+    steps = {c: make_step(models[c[2]], *c[:2]) for c in CONFIGS}
     times: dict = {c: [] for c in CONFIGS}
     load = os.getloadavg()
     for c in CONFIGS:  # warm-up
@@ -137,14 +133,14 @@ def measure_shape(args, shape: str) -> None:
     mem, live = {}, {}
     if not args.no_memory:
         for c in CONFIGS:
-            mem[c], live[c] = memory_of(args, shape, c), memory_of(args, shape, c, live=True)
+            mem[c], live[c] = memory_of(args, shape, *c), memory_of(args, shape, *c, live=True)
     print(f"\nopen_clip CLIP, ViT-B/32 shape {shape}, batch {args.batch}, {args.threads} "
           f"threads, plain step {plain:.3f} s (best of {args.reps}), {note}\n")  # fmt: skip
     print("| attention | method | granularity | time / plain (median) | time / converted plain "
           "| peak RSS / plain | peak live / plain |\n|---|---|---|---|---|---|---|")  # fmt: skip
     own = min(times[CONFIGS[3]])
     for c in CONFIGS:
-        kind = ("converted" if c[2] else "nn.MultiheadAttention") + (", low_memory" * c[3])
+        kind = "converted" if c[2] else "nn.MultiheadAttention"
         median = sorted(times[c])[len(times[c]) // 2] / sorted(times[CONFIGS[0]])[args.reps // 2]
         versus = f"{min(times[c]) / own:.2f}x" if c[2] else "-"
         print(f"| {kind} | {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x ({median:.2f}x) "
@@ -160,7 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="narrow,full-width",
                    help=f"comma-separated, from {sorted(SHAPES)}")  # fmt: skip
     p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--memory", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory:
         measure_memory(args)

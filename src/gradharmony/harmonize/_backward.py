@@ -65,7 +65,7 @@ class OutputGradients:
     ``broadcast`` maps an edge index to ``(op, edge shape, result shape)`` when an
     elementwise op or ``expand``/``repeat`` spreads that output over a new leading dimension
     or a size-1 dim 0 (its rows cannot be a triplet's then). Iterate once: the graph is
-    consumed unless ``retain`` (then it stays for another pass).
+    consumed.
 
     Example:
         >>> from torch.autograd.graph import get_gradient_edge
@@ -77,8 +77,8 @@ class OutputGradients:
         [(0, torch.Size([4, 3])), (1, torch.Size([4, 3]))]
     """
 
-    def __init__(self, losses: list[Tensor], edges: list[GradientEdge], retain: bool = False):
-        self.losses, self.edges, self.retain = losses, edges, retain
+    def __init__(self, losses: list[Tensor], edges: list[GradientEdge]):
+        self.losses, self.edges = losses, edges
         self.current: int | None = None  # the loss whose backward is running
         reach = [_reach([loss.grad_fn]) for loss in losses]
         count = Counter(node for nodes in reach for node in nodes)
@@ -115,7 +115,7 @@ class OutputGradients:
             for l, loss in enumerate(self.losses):
                 self.current = l
                 grads = torch.autograd.grad(
-                    loss, self.edges, retain_graph=self.retain or l < last, allow_unused=True
+                    loss, self.edges, retain_graph=l < last, allow_unused=True
                 )
                 self.current = None
                 yield l, everything, grads
@@ -131,8 +131,7 @@ class OutputGradients:
                 seeds.append(([], []))
                 continue
             self.current = l
-            grads = torch.autograd.grad(loss, wanted, retain_graph=self.retain,
-                                        allow_unused=True)  # fmt: skip
+            grads = torch.autograd.grad(loss, wanted, allow_unused=True)
             self.current = None
             if own:
                 yield l, own, grads[: len(own)]
@@ -146,7 +145,7 @@ class OutputGradients:
                 edges,
                 [self.edges[i] for i in mine],
                 grad_outputs=values,
-                retain_graph=self.retain or l != active[-1],
+                retain_graph=l != active[-1],
                 allow_unused=True,
             )
             self.current = None

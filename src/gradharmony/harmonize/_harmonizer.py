@@ -135,11 +135,6 @@ class Harmonizer:
             losses weighted as the groups are on average (``baseline``: the plain gradient).
         check: also compute the plain gradient of the summed losses and raise, naming the
             parameters, when the per-group gradients do not sum to it (costs one backward).
-        low_memory: keep no Linear/Conv output gradient past its Gramian terms (folded as
-            each call's gradients complete) and take those layers' update from a second
-            per-loss backward once the weights are known. Peak memory drops by the kept
-            output gradients (about the activations' size at wide layers); time grows by one
-            output-gradient pass. Not with ``check=True``.
 
     A group a loss does not reach (e.g. a clip without narration) is kept with weights 1 and
     ``cos = 0``: there is nothing to conflict with. Records are cleared by :meth:`backward`
@@ -170,7 +165,6 @@ class Harmonizer:
         seed: int = 0,
         loss_params: tuple[str, ...] | list[str] = (),
         check: bool = False,
-        low_memory: bool = False,
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -187,10 +181,7 @@ class Harmonizer:
         self.generator = torch.Generator().manual_seed(seed)
         self.gradvac = GradVac(beta, generator=self.generator)
         self.model = model
-        if check and low_memory:
-            raise ValueError("check=True compares the kept output gradients' update with a plain "
-                             "backward; it cannot be combined with low_memory=True")  # fmt: skip
-        self.check, self.low_memory = check, low_memory
+        self.check = check
         self.params, self._names, self._rule = self._check_model(model)
         by_name = dict(model.named_parameters())
         unknown = [n for n in loss_params if n not in by_name]
@@ -509,12 +500,10 @@ class Harmonizer:
             if len({r for mod, r in by_module if mod is m}) > 1:
                 dense = list(calls[0].covers)  # one module, two rules: sum their parts
             works.append(rule(m, calls, G, L, self.strategy, budget, dense))
-            works[-1].scratch, works[-1].incremental = scratch, self.low_memory
+            works[-1].scratch = scratch
         self._records = []
-        streamed = [(w, i, c.edges[0]) for w in works if w.streams()
-                    for i, c in enumerate(w.calls) if c.edges]  # fmt: skip
         edges = [e for c in records for e in c.edges] + landings.edges
-        grads = OutputGradients(tensors, edges, retain=bool(streamed))
+        grads = OutputGradients(tensors, edges)
         landings.attach(grads)
         try:
             self._collect_output_gradients(names, grads, records, works, landings)
@@ -522,8 +511,7 @@ class Harmonizer:
             landings.detach()
         del records
         with torch.no_grad():
-            return self._grouped_update(names, works, landings, cov, level, plain, G, step,
-                                        (tensors, streamed))  # fmt: skip
+            return self._grouped_update(names, works, landings, cov, level, plain, G, step)
 
     def _batched_calls(self, records, tensors, batch_size) -> tuple[list[Call], int]:
         """The calls whose rows hold the batch, and the batch size B.
@@ -577,8 +565,6 @@ class Harmonizer:
         waiting = {}
         for k, (work, i, _) in slot.items():
             waiting[(id(work), i)] = waiting.get((id(work), i), 0) + len(grads.reached[k])
-        for work in works:
-            work.expect({i for i in range(len(work.calls)) if waiting.get((id(work), i), 0)})
         reached = [False] * len(names)
         with torch.no_grad():
             for l, indices, values in grads:
@@ -603,7 +589,7 @@ class Harmonizer:
             if not ok:
                 raise RuntimeError(f"loss {name!r} does not depend on the model's parameters")
 
-    def _grouped_update(self, names, works, landings, cov, level, plain, G, step, second):
+    def _grouped_update(self, names, works, landings, cov, level, plain, G, step):
         L = len(names)
         works = [w for w in works if w.reached]
         device = works[0].device if works else self.params[0].device
@@ -622,23 +608,10 @@ class Harmonizer:
         if plain is not None:
             ones = torch.ones_like(weights)
             self._check_baseline(self._updates(works, dense, cov, level, ones), plain)
-        if second[1]:
-            self._second_pass(*second, weights)
         updates = self._updates(works, dense, cov, level, weights)
         new = [updates[id(p)] if id(p) in updates else torch.zeros_like(p) for p in self.params]
         self._write(_all_reduce_tensors(new))
         return stats
-
-    @staticmethod
-    def _second_pass(tensors, streamed, weights) -> None:
-        """Low memory: each loss's output gradients again (the graph was kept), handed to the
-        works that stream as they arrive, weighted, and dropped."""
-        grads = OutputGradients(tensors, [edge for _, _, edge in streamed])
-        for l, indices, values in grads:
-            for k, g in zip(indices, values):
-                if g is not None:
-                    work, i, _ = streamed[k]
-                    work.accumulate(i, l, g, weights)
 
     @staticmethod
     def _dense_totals(works, landings) -> dict[int, list]:

@@ -185,9 +185,6 @@ class ModuleWork:
     reduces_on_arrival = False
     #: temporaries of one step (set by the Harmonizer; shared by the step's works)
     scratch: Scratch | None = None
-    #: low-memory mode (set by the Harmonizer): rules that can, fold each call's Gramian terms
-    #: as its output gradients complete and take the update from a second backward
-    incremental = False
 
     def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None,
                  dense=()):  # fmt: skip
@@ -227,19 +224,6 @@ class ModuleWork:
 
     def finish(self, index: int) -> None:
         """Every loss reaching call ``index`` has delivered its output gradients."""
-
-    def streams(self) -> bool:
-        """Whether this work folds its Gramian on arrival and takes its update from a second
-        backward (:meth:`accumulate`) instead of keeping output gradients (low memory)."""
-        return False
-
-    def expect(self, indices: set[int]) -> None:
-        """The calls that will :meth:`finish` this step (those some loss reaches)."""
-
-    def accumulate(self, index: int, loss: int, delta: Tensor, weights: Tensor) -> None:
-        """Second backward (when :meth:`streams`): add ``w[:, loss]``-weighted rows of
-        ``delta`` at call ``index`` to the update."""
-        raise NotImplementedError
 
     def gram(self) -> Tensor:
         """This module's contribution ``[G, L, L]`` (float64) to the per-group Gramian."""
@@ -342,58 +326,7 @@ class LinearWork(ModuleWork):
         self.reached = True
         self.calls[index].deltas[loss] = delta
 
-    def streams(self) -> bool:
-        return (self.incremental and self._trainable("weight") and not self.dense_names
-                and self.strategy != "materialize")  # fmt: skip
-
-    def expect(self, indices: set[int]) -> None:
-        if self.streams():
-            self.fused_bias = self._trainable("bias")
-            self.recompute_weight = True
-            self._pending, self._forms = set(indices), {}
-            self._streamed = torch.zeros(self.G, self.L, self.L, dtype=torch.float64,
-                                         device=self.device)  # fmt: skip
-            self._sums: dict[str, Tensor] = {}
-
-    def finish(self, index: int) -> None:
-        """Low memory: the ghost terms of call ``index`` with itself and every call finished
-        before it; once every expected call finished, the output gradients are dropped."""
-        if not self.streams():
-            return
-        call = self.calls[index]
-        a = linear_form(call)
-        a_g = a.reshape(self.G, -1, a.shape[-1])
-        d_g = {l: linear_form(call, d).reshape(self.G, a_g.shape[1], -1)
-               for l, d in enumerate(call.deltas) if d is not None}  # fmt: skip
-        self._forms[index] = (a_g, d_g)
-        for j, (a_j, d_j) in self._forms.items():
-            if not d_g or not d_j:
-                continue
-            k = torch.bmm(a_g, a_j.transpose(1, 2))
-            if self.fused_bias:
-                k += 1.0
-            self._streamed += self._ghost_pair(k, d_g, d_j, j == index)
-        self._pending.discard(index)
-        if not self._pending:
-            self._forms = {}
-            for c in self.calls:
-                c.deltas = [None] * self.L
-
-    def accumulate(self, index: int, loss: int, delta: Tensor, weights: Tensor) -> None:
-        w = weights[:, loss].float().to(self.device)
-        if not bool(w.any()):
-            return
-        d = delta.float()
-        if not bool((w == 1).all()):
-            d = d * w.repeat_interleave(d.shape[0] // self.G).view(-1, *([1] * (d.dim() - 1)))
-        gw, gb = _weight_grads(self.module, self.calls[index], d, self.fused_bias)
-        for name, g in (("weight", gw), ("bias", gb)):
-            if g is not None:
-                self._sums[name] = g if name not in self._sums else self._sums[name] + g
-
     def gram(self) -> Tensor:
-        if self.streams():
-            return self._streamed
         counted = set()
         out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=self.device)
         if self._trainable("weight"):
@@ -540,12 +473,6 @@ class LinearWork(ModuleWork):
         return comb
 
     def update(self, weights: Tensor) -> dict[str, Tensor]:
-        if self.streams():
-            m = self.module
-            names = ("weight", "bias") if self.fused_bias else ("weight",)
-            return {n: self._sums.get(n, torch.zeros(m.get_parameter(n).shape,
-                                                     device=self.device))
-                    for n in names}  # fmt: skip
         grads = super().update(weights)
         if not self.recompute_weight:
             return grads
