@@ -162,3 +162,25 @@ def test_gradients_are_handed_over_without_copies_and_never_shared():
     harm.backward(losses())  # accumulates into the gradients the first backward handed over
     pairs = zip(model.parameters(), reference)
     assert all(torch.allclose(p.grad, 2 * r, atol=1e-6) for p, r in pairs)
+
+
+def test_each_layer_lets_its_recorded_tensors_go_once_its_update_is_written(monkeypatch):
+    """The step's peak: a layer's inputs and output gradients are released right after its
+    update is computed, not after every layer's (so the gradients replace them)."""
+    model = _perturbed(Uneven())
+    x = torch.randn(4, 3, 4)
+    held_before = []
+    original = _layers.LinearWork.update
+
+    def spy(self, weights):
+        others = [w for w in seen if w is not self]
+        held_before.append(sum(c.inp is not None for w in others for c in w.calls))
+        seen.append(self)
+        return original(self, weights)
+
+    seen: list = []
+    monkeypatch.setattr(_layers.LinearWork, "update", spy)
+    harm = Harmonizer(model, method="both", granularity="sample", gamma=-0.3)
+    va, vt = model(x)
+    harm.backward({"va": (va - 1).pow(2).mean(), "vt": vt.sin().sum()})
+    assert len(held_before) == 5 and held_before == [0] * 5

@@ -608,7 +608,7 @@ class Harmonizer:
         if plain is not None:
             ones = torch.ones_like(weights)
             self._check_baseline(self._updates(works, dense, cov, level, ones), plain)
-        updates = self._updates(works, dense, cov, level, weights)
+        updates = self._updates(works, dense, cov, level, weights, last=True)
         new = [updates[id(p)] if id(p) in updates else torch.zeros_like(p) for p in self.params]
         self._write(_all_reduce_tensors(new))
         return stats
@@ -631,12 +631,16 @@ class Harmonizer:
             add(i, per_loss)
         return totals
 
-    def _updates(self, works, dense, cov, level, weights) -> dict[int, Tensor]:
+    def _updates(self, works, dense, cov, level, weights, last=False) -> dict[int, Tensor]:
+        """Every parameter's update for loss weights ``[G, L]``; ``last``: each work lets its
+        recorded tensors go once its update is computed (the peak of the step)."""
         updates: dict[int, Tensor] = {}
         for work in works:
             for name, g in work.update(weights).items():
                 p = work.module.get_parameter(name)
                 updates[id(p)] = g.reshape(p.shape)
+            if last:
+                work.release()
         w = weights.float()
         for i, per_loss in dense.items():
             total = _combine(w.to(next(g for g in per_loss if g is not None).device), per_loss)
