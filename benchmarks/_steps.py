@@ -3,6 +3,7 @@ Harmonizer step (hooked for that step only: every hooked Harmonizer records ever
 
 from __future__ import annotations
 
+import argparse
 import os
 import resource
 import threading
@@ -59,3 +60,15 @@ def load_note(start: tuple[float, float, float]) -> str:
     """The machine's 1-minute load average at the start of the timings and now: the ratios
     are measured side by side, but other processes running change them."""
     return f"load average {start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
+
+
+def bench_parser(doc: str, batch: int, reps: int, memory_args: int) -> argparse.ArgumentParser:
+    """The options both harmonizer benchmarks share: ``--batch``, ``--reps``, ``--threads``,
+    ``--no-memory`` and the hidden ``--memory`` of the child process that measures one step."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--reps", type=int, default=reps)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--memory", nargs=memory_args, help=argparse.SUPPRESS)
+    return p

@@ -23,7 +23,6 @@ Run: ``python benchmarks/harmonizer_models.py [--batch 32] [--reps 5] [--threads
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _steps import load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
+from _steps import bench_parser, load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
 from _steps import make_step as harmonized_step
 from gradharmony.harmonize import convert_multihead_attention
 
@@ -149,14 +148,9 @@ def measure_shape(args, shape: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    p = bench_parser(__doc__, batch=32, reps=5, memory_args=4)
     p.add_argument("--shapes", default="narrow,full-width",
                    help=f"comma-separated, from {sorted(SHAPES)}")  # fmt: skip
-    p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory:
         measure_memory(args)

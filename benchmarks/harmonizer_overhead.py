@@ -18,7 +18,6 @@ differed by 0.2x with 4 repetitions and by 0.05x with 10.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from _steps import load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
+from _steps import bench_parser, load_note, peak_rss_increase_mib  # noqa: E402  (benchmarks/ on sys.path)
 from _steps import make_step as harmonized_step
 from gradharmony.losses import mil_nce, nce
 from gradharmony.models import create_model
@@ -136,13 +135,8 @@ def _ratio(mem: dict, c) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=2)
+    p = bench_parser(__doc__, batch=64, reps=10, memory_args=2)
     p.add_argument("--brute-triplets", type=int, default=2)
-    p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--memory", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory:
         measure_memory(args)
