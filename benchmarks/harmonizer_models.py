@@ -43,6 +43,7 @@ from library_models import import_library  # noqa: E402
 #: (method, granularity, attention converted to nn.Linear projections)
 CONFIGS = [("plain", None, False), ("both", "sample", False), ("both", "batch", False),
            ("plain", None, True), ("both", "sample", True), ("both", "batch", True)]
+PLAIN, CONVERTED_PLAIN = ("plain", None, False), ("plain", None, True)
 
 
 #: open_clip CLIP configurations (see the module docstring)
@@ -108,7 +109,11 @@ def memory_of(args, shape, method, gran, converted, live: bool = False) -> float
 
 
 def _ratio(mem: dict, c) -> str:
-    return f"{mem[c] / mem[CONFIGS[0]]:.2f}x ({mem[c]:.0f} MiB)" if mem else "-"
+    return f"{mem[c] / mem[PLAIN]:.2f}x ({mem[c]:.0f} MiB)" if mem else "-"
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
 
 
 def measure_shape(args, shape: str) -> None:
@@ -127,7 +132,7 @@ def measure_shape(args, shape: str) -> None:
             t0 = time.perf_counter()
             steps[c](batch)
             times[c].append(time.perf_counter() - t0)
-    plain = min(times[CONFIGS[0]])
+    plain = min(times[PLAIN])
     note = load_note(load)
     mem, live = {}, {}
     if not args.no_memory:
@@ -137,10 +142,10 @@ def measure_shape(args, shape: str) -> None:
           f"threads, plain step {plain:.3f} s (best of {args.reps}), {note}\n")  # fmt: skip
     print("| attention | method | granularity | time / plain (median) | time / converted plain "
           "| peak RSS / plain | peak live / plain |\n|---|---|---|---|---|---|---|")  # fmt: skip
-    own = min(times[CONFIGS[3]])
+    own = min(times[CONVERTED_PLAIN])
     for c in CONFIGS:
         kind = "converted" if c[2] else "nn.MultiheadAttention"
-        median = sorted(times[c])[len(times[c]) // 2] / sorted(times[CONFIGS[0]])[args.reps // 2]
+        median = _median(times[c]) / _median(times[PLAIN])
         versus = f"{min(times[c]) / own:.2f}x" if c[2] else "-"
         print(f"| {kind} | {c[0]} | {c[1] or '-'} | {min(times[c]) / plain:.2f}x ({median:.2f}x) "
               f"| {versus} | {_ratio(mem, c)} | {_ratio(live, c)} |")  # fmt: skip

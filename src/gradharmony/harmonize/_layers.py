@@ -46,7 +46,7 @@ class Scratch:
         """A float32 tensor of ``shape``, valid until the next :meth:`take`."""
         n = math.prod(shape)
         if self._buf is None or self._buf.numel() < n or self._buf.device != device:
-            self._buf = None
+            self._buf = None  # let the old buffer go before the larger one is allocated
             self._buf = torch.empty(n, device=device)
         return self._buf[:n].view(shape)
 
@@ -183,8 +183,6 @@ class ModuleWork:
     """
 
     reduces_on_arrival = False
-    #: temporaries of one step (set by the Harmonizer; shared by the step's works)
-    scratch: Scratch | None = None
 
     def __init__(self, module, calls, groups, num_losses, strategy="auto", budget=None,
                  dense=()):  # fmt: skip
@@ -196,6 +194,7 @@ class ModuleWork:
         self.recompute_weight = False
         self.device = _device_of(calls[0])
         self.reached = False
+        self.scratch = Scratch()  # the Harmonizer gives every work of a step the same one
         for call in calls:
             call.deltas = [None] * num_losses
 
@@ -428,10 +427,9 @@ class LinearWork(ModuleWork):
         out = torch.zeros(self.G, self.L, self.L, dtype=torch.float64, device=k.device)
         if not same and len(left) < len(right):
             left, right, k = right, left, k.transpose(1, 2)
-        scratch = self.scratch or Scratch()
         for b, d_b in right.items():
-            y = torch.bmm(k, d_b, out=scratch.take((k.shape[0], k.shape[1], d_b.shape[2]),
-                                                    k.device))  # fmt: skip
+            buf = self.scratch.take((k.shape[0], k.shape[1], d_b.shape[2]), k.device)
+            y = torch.bmm(k, d_b, out=buf)
             flat_y = y.reshape(self.G, -1)
             for a, d_a in left.items():
                 if same and a > b:
@@ -463,7 +461,7 @@ class LinearWork(ModuleWork):
         first, scale = terms[0]
         if len(terms) == 1 and scale is None:
             return first
-        comb = (self.scratch or Scratch()).take(tuple(first.shape), first.device)
+        comb = self.scratch.take(tuple(first.shape), first.device)
         if scale is None:
             comb.copy_(first)
         else:
